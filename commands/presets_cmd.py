@@ -1,0 +1,40 @@
+"""`llmkit presets`: what ships, and what a preset holds."""
+
+from typing import Annotated, Optional
+
+import typer
+
+from llmkit.commands._options import JsonOpt
+from llmkit.commands._runtime import cli_command, console, emit_json, examples
+
+
+def register(app: typer.Typer) -> None:
+    app.command("presets", epilog=examples("llmkit presets", "llmkit presets tokenize/bpe-4k",
+                                           "llmkit presets --json"))(presets)
+
+
+@cli_command
+def presets(
+    name: Annotated[Optional[str], typer.Argument(help="KIND/NAME of one preset to print.", show_default=False)] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """List the shipped presets, or print one."""
+    from llmkit import presets as shipped
+    from llmkit.errors import ConfigError
+
+    if name is not None:
+        kind, _, preset = name.partition("/")
+        if not preset:
+            raise ConfigError(f"give a preset as KIND/NAME (got {name!r})", hint="run `llmkit presets` to list them")
+        if json_:
+            emit_json(shipped.load_preset(kind, preset))
+        else:
+            typer.echo(shipped.preset_text(kind, preset), nl=False)
+        return
+    listing = {kind: shipped.list_presets(kind) for kind in shipped.list_kinds()}
+    if json_:
+        emit_json(listing)
+        return
+    out = console()
+    for kind, names in listing.items():
+        out.print(f"[bold]{kind}[/bold]: {', '.join(names)}")

@@ -1,0 +1,1 @@
+"""Data: loading every supported source, formats, templates, masking and packing."""

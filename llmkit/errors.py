@@ -1,0 +1,41 @@
+"""The errors llmkit reports to users: a message, a hint, and the exit code they map to.
+
+Exit codes (documented in README and `llmkit --help`):
+  0 success; 1 the operation failed (data, checkpoint, runtime); 2 usage or configuration error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class LlmkitError(Exception):
+    """An expected failure: shown as `Error: <message>` and `Hint: <hint>`, never as a traceback."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class ConfigError(LlmkitError):
+    """A flag, preset or config file the user gave is wrong (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, hint: str | None = None, problems: list[str] | None = None):
+        super().__init__(message, hint)
+        self.problems = problems or [message]
+
+
+class DataError(LlmkitError):
+    """A data file cannot be read or does not have what the command needs (exit 1)."""
+
+
+class ModelLoadError(LlmkitError):
+    """A model or tokenizer cannot be loaded from the given path or hub id (exit 1)."""

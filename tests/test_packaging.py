@@ -1,0 +1,41 @@
+"""The wheel has one top-level package, `llmkit`, with commands and presets inside it."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_has_exactly_one_top_level_package(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob("llmkit-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == {"llmkit"}
+    for required in ("llmkit/commands/__init__.py", "llmkit/commands/tokenize.py", "llmkit/presets/__init__.py",
+                     "llmkit/presets/tokenize/bpe-4k.yaml", "llmkit/data/loading.py"):
+        assert required in names
+    metadata = next(n for n in names if n.endswith("METADATA"))
+    text = zipfile.ZipFile(wheel).read(metadata).decode()
+    for dependency in ("torch", "transformers", "tokenizers", "datasets", "peft", "bitsandbytes", "accelerate",
+                       "deepspeed", "typer", "rich", "pyyaml"):
+        assert f"Requires-Dist: {dependency}" in text
+    entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "llmkit = llmkit.commands:main" in entry
+
+
+def test_installed_versions_satisfy_the_declared_ranges():
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    for line in metadata.requires("llmkit"):
+        requirement = Requirement(line)
+        if requirement.marker is not None:
+            continue
+        installed = metadata.version(requirement.name)
+        assert requirement.specifier.contains(installed, prereleases=True), (requirement, installed)
+    assert Requirement("torch>=2.4,<2.15").specifier.contains("2.13.0")
