@@ -38,27 +38,15 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register() -> None:
-    from llmkit.commands import completion, env, presets_cmd, quickstart, tokenize
+    from llmkit.commands import completion, env, memory_estimate, presets_cmd, quickstart, tokenize
 
     app.add_typer(tokenize.app, name="tokenize")
-    for module in (quickstart, env, presets_cmd, completion):
+    for module in (quickstart, env, presets_cmd, memory_estimate, completion):
         module.register(app)
 
 
 _register()
 
 
-def _help_defaults(command) -> dict:
-    """Typer coerces an option whose value is None through pydantic (~60 ms of imports); an absent --help is None
-    unless a default says False. These defaults keep `llmkit <cmd> --help` as fast as Typer's own help."""
-    defaults: dict = {"help": False}
-    for name, sub in getattr(command, "commands", {}).items():
-        defaults[name] = _help_defaults(sub)
-    return defaults
-
-
 def main() -> None:
-    from typer.main import get_command
-
-    command = get_command(app)
-    command(prog_name="llmkit", default_map=_help_defaults(command))
+    app(prog_name="llmkit")

@@ -11,6 +11,7 @@ _llmkit() {
             "tokenize:vocab") path="tokenize vocab" ;;
             ":completion") path="completion" ;;
             ":env") path="env" ;;
+            ":memory-estimate") path="memory-estimate" ;;
             ":presets") path="presets" ;;
             ":quickstart") path="quickstart" ;;
             ":tokenize") path="tokenize" ;;
@@ -22,6 +23,42 @@ _llmkit() {
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "env")
             COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
+            [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
+        "memory-estimate")
+            case "$prev" in
+                --params) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --model) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --mode) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --task) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --precision) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --mixed-precision) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --quant) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --optimizer) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --peft) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --lora-rank) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --lora-targets) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --num-virtual-tokens) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --trainable-layers) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --batch-size) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --seq-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --grad-accum) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --attention) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --zero) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --offload) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --gpus) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --nodes) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --gpu-memory) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --overhead) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --layers) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --hidden) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --heads) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --kv-heads) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --vocab) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --intermediate) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+            esac
+            COMPREPLY=($(compgen -W "--params --model --mode --task --precision --mixed-precision --quant --double-quant --optimizer --peft --lora-rank --lora-targets --num-virtual-tokens --freeze-base --trainable-layers --batch-size --seq-len --grad-accum --grad-checkpointing --no-grad-checkpointing --attention --zero --offload --gpus --nodes --gpu-memory --overhead --layers --hidden --heads --kv-heads --vocab --intermediate --plan --explain --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "presets")
             COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
@@ -100,7 +137,7 @@ _llmkit() {
             COMPREPLY=($(compgen -W "dataset show stats train vocab --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "")
-            COMPREPLY=($(compgen -W "completion env presets quickstart tokenize --version --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "completion env memory-estimate presets quickstart tokenize --version --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
     esac
 }

@@ -9,9 +9,20 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from llmkit.configio import validate
+from llmkit.errors import ConfigError
 
 TokenizerType = Literal["bpe", "wordpiece", "unigram"]
 Padding = Literal["longest", "max_length", "none"]
+Mode = Literal["train", "inference"]
+Task = Literal["causal-lm", "masked-lm", "seq2seq", "seq-cls"]
+Precision = Literal["fp32", "fp16", "bf16"]
+MixedPrecision = Literal["no", "fp16", "bf16"]
+Quant = Literal["none", "int8", "nf4", "fp4"]
+Optimizer = Literal["adamw", "adamw-fused", "adamw-8bit", "paged-adamw-8bit", "adafactor", "sgd", "sgd-momentum"]
+Peft = Literal["none", "lora", "ia3", "prompt-tuning", "p-tuning", "prefix-tuning"]
+Attention = Literal["eager", "sdpa", "flash"]
+Offload = Literal["none", "optimizer", "optimizer+params"]
+ZeroStage = Literal[0, 1, 2, 3]
 
 
 def _positive(problems: list[str], flag: str, value: int | float | None) -> None:
@@ -132,3 +143,118 @@ class QuickstartConfig:
         problems: list[str] = []
         _positive(problems, "--vocab-size", self.vocab_size)
         validate(problems)
+
+
+@dataclass(frozen=True)
+class MemoryEstimateConfig:
+    preset_kind: ClassVar[str] = "memory-estimate"
+    params: str | None = None          # total parameter count: 1.4B, 330M, 7e9
+    model: str | None = None           # a model preset, a dir or config.json, or a hub id
+    mode: Mode = "train"
+    task: Task | None = None           # default: from the architecture (causal-lm with --params)
+    precision: Precision | None = None  # dtype the weights are stored and trained in; default fp32
+    mixed_precision: MixedPrecision = "no"  # autocast over fp32 weights, as the HF Trainer does it
+    quant: Quant = "none"              # bitsandbytes, linear layers only
+    double_quant: bool = False
+    optimizer: Optimizer = "adamw"
+    peft: Peft = "none"
+    lora_rank: int = 8
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")  # module names, or ("all-linear",)
+    num_virtual_tokens: int = 20
+    freeze_base: bool = False          # train only the task head
+    trainable_layers: int | None = None  # train only the last N blocks
+    batch_size: int = 1                # micro-batch per GPU, sequences
+    seq_len: int = 512                 # tokens per sequence
+    grad_accum: int = 1
+    grad_checkpointing: bool = False
+    attention: Attention = "sdpa"
+    zero: ZeroStage = 0                # DeepSpeed ZeRO stage; 0 = plain DDP
+    offload: Offload = "none"
+    gpus: int = 1                      # per node
+    nodes: int = 1
+    gpu_memory: str | None = None      # one GPU's memory, for the fit check: 24GiB, 80GB
+    overhead: str | None = None        # per-process constant; default memory.DEFAULT_OVERHEAD_BYTES (uncalibrated)
+    layers: int | None = None          # architecture overrides
+    hidden: int | None = None
+    heads: int | None = None
+    kv_heads: int | None = None
+    vocab: int | None = None
+    intermediate: int | None = None
+    plan: bool = False
+    explain: bool = False
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if (self.params is None) == (self.model is None):
+            problems.append("give exactly one of --params and --model")
+        if self.params is not None:
+            from llmkit.modelspec import parse_param_count
+
+            try:
+                parse_param_count(self.params)
+            except ConfigError as exc:
+                problems.append(exc.message)
+        for flag, value in (("--lora-rank", self.lora_rank), ("--num-virtual-tokens", self.num_virtual_tokens),
+                            ("--batch-size", self.batch_size), ("--seq-len", self.seq_len),
+                            ("--grad-accum", self.grad_accum), ("--gpus", self.gpus), ("--nodes", self.nodes),
+                            ("--trainable-layers", self.trainable_layers), ("--layers", self.layers),
+                            ("--hidden", self.hidden), ("--heads", self.heads), ("--kv-heads", self.kv_heads),
+                            ("--vocab", self.vocab), ("--intermediate", self.intermediate)):
+            _positive(problems, flag, value)
+        for flag, value in (("--gpu-memory", self.gpu_memory), ("--overhead", self.overhead)):
+            if value is not None:
+                from llmkit.memory import parse_size
+
+                try:
+                    parse_size(value, flag)
+                except ConfigError as exc:
+                    problems.append(exc.message)
+        if self.mixed_precision != "no" and self.precision not in (None, "fp32"):
+            problems.append(f"--mixed-precision {self.mixed_precision} autocasts over fp32 weights, but --precision "
+                            f"is {self.precision}: drop --mixed-precision for pure {self.precision} training, "
+                            "or use --precision fp32")
+        if self.quant != "none" and self.peft == "none" and self.mode == "train":
+            problems.append(f"--quant {self.quant} with full fine-tuning: bitsandbytes {self.quant} weights are "
+                            "frozen integer codes with no gradient, so only adapters can train on a quantized base; "
+                            "add --peft lora (QLoRA), or train unquantized")
+        if self.quant != "none" and self.zero == 3:
+            problems.append(f"--zero 3 with --quant {self.quant}: DeepSpeed ZeRO-3 partitions parameters, which it "
+                            "cannot do to bitsandbytes-quantized weights; use --zero 2 (or plain DDP) with QLoRA")
+        if self.double_quant and self.quant not in ("nf4", "fp4"):
+            problems.append("--double-quant applies to 4-bit weights: add --quant nf4 or --quant fp4")
+        if self.offload != "none" and self.zero == 0:
+            problems.append(f"--offload {self.offload} needs DeepSpeed ZeRO: add --zero 1, 2 or 3 "
+                            "(parameters offload only with --zero 3)")
+        elif self.offload == "optimizer+params" and self.zero != 3:
+            problems.append("--offload optimizer+params needs --zero 3: only ZeRO-3 partitions (and offloads) "
+                            "parameters")
+        if self.plan and self.gpu_memory is None:
+            problems.append("--plan needs --gpu-memory: the budget the plans must fit")
+        validate(problems)
+
+    @property
+    def effective_precision(self) -> str:
+        """Unless given: bf16 for inference and for a quantized base (QLoRA keeps the unquantized parts in bf16),
+        fp32 for training (under --mixed-precision too: autocast runs over fp32 weights)."""
+        if self.precision is not None:
+            return self.precision
+        if self.mode == "inference" or (self.quant != "none" and self.mixed_precision == "no"):
+            return "bf16"
+        return "fp32"
+
+    @property
+    def gpu_memory_bytes(self) -> int | None:
+        from llmkit.memory import parse_size
+
+        return None if self.gpu_memory is None else parse_size(self.gpu_memory, "--gpu-memory")
+
+    @property
+    def overhead_bytes(self) -> int:
+        from llmkit.memory import DEFAULT_OVERHEAD_BYTES, parse_size
+
+        return DEFAULT_OVERHEAD_BYTES if self.overhead is None else parse_size(self.overhead, "--overhead")
+
+    @property
+    def architecture_overrides(self) -> dict[str, int | None]:
+        return dict(layers=self.layers, hidden=self.hidden, heads=self.heads, kv_heads=self.kv_heads,
+                    vocab=self.vocab, intermediate=self.intermediate)

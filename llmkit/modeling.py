@@ -95,3 +95,118 @@ def _transformers_version() -> str:
     import transformers
 
     return transformers.__version__
+
+
+# ------------------------------------------------------------------------------------------------------- models
+
+MODEL_FILES = ("config.json",)
+AUTO_CLASSES = {
+    "causal-lm": "AutoModelForCausalLM",
+    "masked-lm": "AutoModelForMaskedLM",
+    "seq2seq": "AutoModelForSeq2SeqLM",
+    "seq-cls": "AutoModelForSequenceClassification",
+    "token-cls": "AutoModelForTokenClassification",
+    "extractive-qa": "AutoModelForQuestionAnswering",
+    "feature-extraction": "AutoModel",
+}
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def model_config_fields(name: str) -> dict | None:
+    """The transformers config fields of a model preset (presets/models/NAME.yaml), or None if NAME is not one."""
+    from llmkit import presets
+
+    if name in presets.list_presets("models"):
+        return presets.load_preset("models", name)
+    return None
+
+
+def build_model(name_or_fields: str | dict, task: str = "causal-lm", *, vocab_size: int | None = None,
+                dtype: str | None = None, overrides: dict | None = None, seed: int | None = None):
+    """A randomly initialised model from a preset name, a config.json path or config fields (`--from-scratch`).
+
+    `vocab_size` makes the embedding match a tokenizer; `overrides` replace config fields (layers, hidden, ...).
+    """
+    import torch
+    import transformers
+
+    if isinstance(name_or_fields, dict):
+        fields = dict(name_or_fields)
+    else:
+        fields = model_config_fields(name_or_fields)
+        if fields is None:
+            path = Path(name_or_fields).expanduser()
+            config_file = path / "config.json" if path.is_dir() else path
+            if not config_file.is_file():
+                from llmkit import presets
+
+                raise ConfigError(f"'{name_or_fields}' is neither a model preset nor a config.json",
+                                  hint=f"presets: {', '.join(presets.list_presets('models'))}")
+            import json
+
+            fields = json.loads(config_file.read_text(encoding="utf-8"))
+    fields.update(overrides or {})
+    if vocab_size is not None:
+        fields["vocab_size"] = vocab_size
+    model_type = fields.pop("model_type", None)
+    fields.pop("architectures", None)
+    if model_type is None:
+        raise ConfigError("the model config has no model_type", hint="add model_type (e.g. llama, bert, t5)")
+    config = transformers.AutoConfig.for_model(model_type, **fields)
+    auto = getattr(transformers, AUTO_CLASSES[task])
+    if seed is not None:
+        torch.manual_seed(seed)
+    try:
+        model = auto.from_config(config)
+    except ValueError as exc:
+        raise ConfigError(f"a {model_type} model cannot do {task}: {str(exc).splitlines()[0]}",
+                          hint=f"choose a task that fits a {model_type} model") from None
+    if dtype is not None:
+        model = model.to(getattr(torch, DTYPES[dtype]))
+    return model
+
+
+def load_model(name: str, task: str = "causal-lm", *, dtype: str | None = None, device: str | None = None,
+               trust_remote_code: bool = False, quantization_config=None, **kwargs):
+    """A pretrained model from a local dir or hub id, through the Auto class for `task`.
+
+    dtype None keeps the checkpoint's dtype (transformers 5's default, `dtype="auto"`).
+    """
+    import transformers
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"{name} has no config.json, so it is not a transformers model directory",
+                                 hint="pass a dir written by `save_pretrained` (or by an llmkit run), or a hub id")
+    elif looks_like_local_path(name):
+        raise ModelLoadError(f"no such model directory: {name}", hint="check the path")
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+        except Exception:
+            cached = False
+        if not cached:
+            require_hub(name, "model")
+    auto = getattr(transformers, AUTO_CLASSES[task])
+    options = dict(trust_remote_code=trust_remote_code, dtype=DTYPES.get(dtype, "auto") if dtype else "auto", **kwargs)
+    if quantization_config is not None:
+        options["quantization_config"] = quantization_config
+    if device is not None and device != "cpu":
+        options["device_map"] = device
+    try:
+        return auto.from_pretrained(name, **options)
+    except ValueError as exc:
+        text = str(exc).splitlines()[0]
+        if "trust_remote_code" in text:
+            raise ConfigError(f"{name} needs custom code to load", hint="pass --trust-remote-code if you trust its "
+                              "author") from None
+        if "Unrecognized configuration class" in text:
+            raise ConfigError(f"{name} cannot be loaded for {task}: {text}",
+                              hint="choose the --task that fits this model's architecture") from None
+        raise ModelLoadError(f"cannot load model {name}: {text}", hint="check the path or id") from None
+    except OSError as exc:
+        raise ModelLoadError(f"cannot load model {name}: {str(exc).splitlines()[0]}",
+                             hint="check the path or id") from None
