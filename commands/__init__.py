@@ -41,6 +41,9 @@ def _register() -> None:
     from llmkit.commands import completion, env, memory_estimate, presets_cmd, quickstart, tokenize
 
     app.add_typer(tokenize.app, name="tokenize")
+    from llmkit.commands import quantize
+
+    app.add_typer(quantize.app, name="quantize")
     for module in (quickstart, env, presets_cmd, memory_estimate, completion):
         module.register(app)
 

@@ -4,6 +4,7 @@ _llmkit() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         word="${COMP_WORDS[i]}"
         case "$path:$word" in
+            "quantize:explain") path="quantize explain" ;;
             "tokenize:dataset") path="tokenize dataset" ;;
             "tokenize:show") path="tokenize show" ;;
             "tokenize:stats") path="tokenize stats" ;;
@@ -13,6 +14,7 @@ _llmkit() {
             ":env") path="env" ;;
             ":memory-estimate") path="memory-estimate" ;;
             ":presets") path="presets" ;;
+            ":quantize") path="quantize" ;;
             ":quickstart") path="quickstart" ;;
             ":tokenize") path="tokenize" ;;
         esac
@@ -62,6 +64,21 @@ _llmkit() {
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "presets")
             COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
+            [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
+        "quantize explain")
+            case "$prev" in
+                --method) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --values) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --shape) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --blocksize) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --threshold) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+            esac
+            COMPREPLY=($(compgen -W "--method --values --shape --blocksize --double-quant --threshold --preset --config --print-config --json --help -h" -- "$cur"))
+            [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
+        "quantize")
+            COMPREPLY=($(compgen -W "explain --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "quickstart")
             case "$prev" in
@@ -137,7 +154,7 @@ _llmkit() {
             COMPREPLY=($(compgen -W "dataset show stats train vocab --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "")
-            COMPREPLY=($(compgen -W "completion env memory-estimate presets quickstart tokenize --version --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "completion env memory-estimate presets quantize quickstart tokenize --version --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
     esac
 }

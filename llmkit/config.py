@@ -258,3 +258,41 @@ class MemoryEstimateConfig:
     def architecture_overrides(self) -> dict[str, int | None]:
         return dict(layers=self.layers, hidden=self.hidden, heads=self.heads, kv_heads=self.kv_heads,
                     vocab=self.vocab, intermediate=self.intermediate)
+
+
+ExplainMethod = Literal["absmax-int8", "vector-int8", "llm-int8", "nf4", "fp4"]
+
+
+@dataclass(frozen=True)
+class QuantizeExplainConfig:
+    preset_kind: ClassVar[str] = "quantize"
+    method: ExplainMethod = "nf4"
+    values: tuple[float, ...] = ()
+    shape: tuple[int, ...] = ()        # rows,cols for vector-int8 / llm-int8 (default: one row)
+    blocksize: int = 64                # values per absmax block (nf4, fp4)
+    double_quant: bool = False         # quantize the block absmax values too (nf4, fp4)
+    threshold: float = 6.0             # LLM.int8 outlier threshold (|x| at or above it stays 16-bit)
+
+    def __post_init__(self) -> None:
+        from llmkit.quantize import SUPPORTED_4BIT_BLOCKSIZES
+
+        problems: list[str] = []
+        if not self.values:
+            problems.append("--values is required: comma-separated numbers, e.g. --values 0.1,-0.5,2.0")
+        if self.shape:
+            if len(self.shape) != 2 or any(n <= 0 for n in self.shape):
+                problems.append(f"--shape must be two positive numbers ROWS,COLS (got {','.join(map(str, self.shape))})")
+            elif self.shape[0] * self.shape[1] != len(self.values):
+                problems.append(f"--shape {self.shape[0]},{self.shape[1]} holds {self.shape[0] * self.shape[1]} values "
+                                f"but --values has {len(self.values)}")
+            elif self.method not in ("vector-int8", "llm-int8"):
+                problems.append(f"--shape applies to vector-int8 and llm-int8, not {self.method}")
+        if self.method in ("nf4", "fp4") and self.blocksize not in SUPPORTED_4BIT_BLOCKSIZES:
+            problems.append(f"--blocksize {self.blocksize} is not supported by bitsandbytes for 4-bit; choose one of "
+                            f"{', '.join(map(str, SUPPORTED_4BIT_BLOCKSIZES))}")
+        if self.double_quant and self.method not in ("nf4", "fp4"):
+            problems.append(f"--double-quant applies to nf4 and fp4 (their block constants), not {self.method}")
+        _positive(problems, "--threshold", self.threshold)
+        if any(v != v or v in (float("inf"), float("-inf")) for v in self.values):
+            problems.append("--values must be finite numbers (no nan or inf)")
+        validate(problems)

@@ -1,7 +1,6 @@
 """The memory model: exact bytes for small hand-computed cases, and the rules behind each term."""
 
 import json
-import time
 
 import pytest
 
@@ -179,11 +178,10 @@ def test_contradictions(kwargs, needle):
         MemoryEstimateConfig(**kwargs)
 
 
-def test_plan_search_finds_fitting_plans_fast():
+def test_plan_search_finds_fitting_plans():
+    # its speed (target < 1 s) is measured in benchmarks/memory_validation.py, not here
     cfg = MemoryEstimateConfig(params="1.4B", gpu_memory="8GiB", plan=True, batch_size=8, seq_len=1024)
-    started = time.perf_counter()
     result = memory.estimate(cfg)
-    assert time.perf_counter() - started < 1.0
     assert result.fits is False and result.plans
     assert any(p.per_device_total <= 8 * 2**30 and not p.changes_what_is_trained for p in result.plans)
     assert result.plans[0].flags and result.plans[0].hf_training_arguments
