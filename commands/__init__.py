@@ -38,13 +38,15 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register() -> None:
-    from llmkit.commands import completion, env, memory_estimate, presets_cmd, quickstart, tokenize
+    from llmkit.commands import completion, env, memory_estimate, presets_cmd, pretrain, quickstart, tokenize
 
     app.add_typer(tokenize.app, name="tokenize")
     from llmkit.commands import quantize
 
     app.add_typer(quantize.app, name="quantize")
-    for module in (quickstart, env, presets_cmd, memory_estimate, completion):
+    from llmkit.commands import generate
+    generate.register(app)
+    for module in (quickstart, env, presets_cmd, memory_estimate, completion, pretrain):
         module.register(app)
 
 

@@ -12,8 +12,10 @@ _llmkit() {
             "tokenize:vocab") path="tokenize vocab" ;;
             ":completion") path="completion" ;;
             ":env") path="env" ;;
+            ":generate") path="generate" ;;
             ":memory-estimate") path="memory-estimate" ;;
             ":presets") path="presets" ;;
+            ":pretrain") path="pretrain" ;;
             ":quantize") path="quantize" ;;
             ":quickstart") path="quickstart" ;;
             ":tokenize") path="tokenize" ;;
@@ -25,6 +27,41 @@ _llmkit() {
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "env")
             COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
+            [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
+        "generate")
+            case "$prev" in
+                --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --adapter) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --task) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --prompt|-p) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --message) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --system) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --chat-template) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --input) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --output) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --batch-size) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-new-tokens) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --min-new-tokens) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --min-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --num-beams) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --num-return-sequences) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --length-penalty) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --no-repeat-ngram-size) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --temperature) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --top-k) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --top-p) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --min-p) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --typical-p) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --repetition-penalty) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --seed) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --stop) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --dtype) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --device) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+            esac
+            COMPREPLY=($(compgen -W "--model -m --adapter --task --prompt -p --message --system --chat-template --input --output --chat --batch-size --max-new-tokens --min-new-tokens --max-length --min-length --do-sample --greedy --num-beams --num-return-sequences --length-penalty --early-stopping --no-early-stopping --no-repeat-ngram-size --temperature --top-k --top-p --min-p --typical-p --repetition-penalty --seed --stop --dtype --device --load-in-8bit --load-in-4bit --trust-remote-code --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "memory-estimate")
             case "$prev" in
@@ -64,6 +101,47 @@ _llmkit() {
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "presets")
             COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
+            [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
+        "pretrain")
+            case "$prev" in
+                --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --tokenizer|-t) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --objective) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --eval-data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --eval-split) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --seq-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --batch-size|-b) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --grad-accum) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --lr) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --epochs) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-steps) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --warmup-ratio) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --scheduler) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --weight-decay) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-grad-norm) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --optimizer) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --mixed-precision) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --trainable-layers) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --eval-steps) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --save-steps) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --save-total-limit) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --logging-steps) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --seed) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --output-dir|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --resume) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --report-to) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --deepspeed) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --mlm-probability) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --mask-replace-prob) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --random-replace-prob) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --noise-density) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --mean-span-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+            esac
+            COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --objective --data --text-field --eval-data --eval-split --seq-len --pack --padding-free --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --mlm-probability --mask-replace-prob --random-replace-prob --whole-word-masking --noise-density --mean-span-length --trust-remote-code --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "quantize explain")
             case "$prev" in
@@ -154,7 +232,7 @@ _llmkit() {
             COMPREPLY=($(compgen -W "dataset show stats train vocab --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "")
-            COMPREPLY=($(compgen -W "completion env memory-estimate presets quantize quickstart tokenize --version --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "completion env generate memory-estimate presets pretrain quantize quickstart tokenize --version --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
     esac
 }

@@ -260,6 +260,247 @@ class MemoryEstimateConfig:
                     vocab=self.vocab, intermediate=self.intermediate)
 
 
+# ------------------------------------------------------------------ training: blocks shared by pretrain, sft, peft
+
+Objective = Literal["causal-lm", "masked-lm", "seq2seq", "prefix-lm"]
+TrainOptimizer = Literal["adamw", "adamw-8bit", "paged-adamw-8bit", "adafactor", "sgd"]
+Scheduler = Literal["linear", "cosine", "constant", "constant-with-warmup"]
+ReportTo = Literal["none", "tensorboard"]
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    model: str = ""                  # a local dir or hub id (continued training), a model preset or config.json
+    tokenizer: str | None = None     # default: the model dir's own tokenizer (required with --from-scratch)
+    from_scratch: bool = False       # random initialisation from the architecture of --model
+    trust_remote_code: bool = False
+
+    def _model_problems(self, problems: list[str]) -> None:
+        if not self.model:
+            problems.append("--model is required (a model dir, a hub id, or a preset/config.json with "
+                            "--from-scratch)")
+        if self.from_scratch and not self.tokenizer:
+            problems.append("--from-scratch needs --tokenizer (a random model has no tokenizer of its own)")
+
+
+@dataclass(frozen=True)
+class DataArgs:
+    data: str = ""                   # jsonl, json, csv, parquet, txt, a `llmkit tokenize dataset` dir, a hub name
+    text_field: str = "text"
+    eval_data: str | None = None     # a separate evaluation set
+    eval_split: float | None = None  # hold out this share (0-1) or this many documents (>= 1) of --data for eval
+    seq_len: int = 512               # tokens per training row
+    pack: bool = False               # concatenate documents (eos between) into --seq-len blocks; attention crosses
+    padding_free: bool = False       # pack, but each document attends only to itself (position ids restart)
+
+    def _data_problems(self, problems: list[str]) -> None:
+        if not self.data:
+            problems.append("--data is required")
+        _positive(problems, "--seq-len", self.seq_len)
+        if self.seq_len is not None and 0 < self.seq_len < 4:
+            problems.append(f"--seq-len must be at least 4 (got {self.seq_len})")
+        if self.eval_data and self.eval_split is not None:
+            problems.append("give one of --eval-data and --eval-split")
+        if self.eval_split is not None:
+            if self.eval_split <= 0:
+                problems.append(f"--eval-split must be greater than 0 (got {self.eval_split})")
+            elif self.eval_split >= 1 and not float(self.eval_split).is_integer():
+                problems.append(f"--eval-split is a share below 1 or a whole number of documents "
+                                f"(got {self.eval_split})")
+
+
+@dataclass(frozen=True)
+class OptimArgs:
+    batch_size: int = 8              # sequences per micro-batch (per device)
+    grad_accum: int = 1              # micro-batches per optimizer step
+    lr: float = 3e-4                 # peak learning rate
+    epochs: float = 1.0              # passes over the data (ignored when --max-steps is given)
+    max_steps: int | None = None     # optimizer steps; overrides --epochs
+    warmup_ratio: float = 0.0        # share of the steps spent warming up
+    scheduler: Scheduler = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0       # gradient clipping; 0 turns it off
+    optimizer: TrainOptimizer = "adamw"
+
+    def _optim_problems(self, problems: list[str]) -> None:
+        for flag, value in (("--batch-size", self.batch_size), ("--grad-accum", self.grad_accum), ("--lr", self.lr),
+                            ("--epochs", self.epochs), ("--max-steps", self.max_steps)):
+            _positive(problems, flag, value)
+        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
+            problems.append(f"--warmup-ratio must be in [0, 1) (got {self.warmup_ratio})")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            problems.append(f"--weight-decay must not be negative (got {self.weight_decay})")
+        if self.max_grad_norm is not None and self.max_grad_norm < 0:
+            problems.append(f"--max-grad-norm must not be negative (got {self.max_grad_norm})")
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    mixed_precision: MixedPrecision = "no"  # autocast over fp32 weights (fp16 needs a GPU)
+    grad_checkpointing: bool = False   # recompute activations in backward: less memory, ~30 % more compute
+    freeze_base: bool = False          # train only the output head
+    trainable_layers: int | None = None  # train only the last N blocks (and the head and final norm)
+    eval_steps: int | None = None      # evaluate every N steps (default: before and after training only)
+    save_steps: int = 500              # checkpoint every N steps
+    save_total_limit: int | None = 2   # keep this many checkpoints (None: all)
+    logging_steps: int = 10            # a metrics.jsonl row and a progress line every N steps
+    seed: int = 0
+    output_dir: str = ""               # the run directory
+    overwrite: bool = False            # replace a non-empty --output-dir
+    resume: str | None = None          # "auto" (the last checkpoint in --output-dir) or a checkpoint dir
+    report_to: ReportTo = "none"
+    deepspeed: str | None = None       # a DeepSpeed JSON config, passed to the Trainer as is
+
+    def _train_problems(self, problems: list[str]) -> None:
+        if not self.output_dir:
+            problems.append("--output-dir is required")
+        for flag, value in (("--trainable-layers", self.trainable_layers), ("--eval-steps", self.eval_steps),
+                            ("--save-steps", self.save_steps), ("--save-total-limit", self.save_total_limit),
+                            ("--logging-steps", self.logging_steps)):
+            _positive(problems, flag, value)
+        if self.freeze_base and self.trainable_layers is not None:
+            problems.append("give one of --freeze-base (only the head trains) and --trainable-layers N")
+        if self.overwrite and self.resume:
+            problems.append("--overwrite deletes the checkpoints --resume needs: give one of them")
+        if self.deepspeed is not None and not self.deepspeed.endswith(".json"):
+            problems.append(f"--deepspeed takes a DeepSpeed JSON config file (got {self.deepspeed!r})")
+
+
+@dataclass(frozen=True)
+class PretrainConfig(TrainArgs, OptimArgs, DataArgs, ModelArgs):
+    preset_kind: ClassVar[str] = "pretrain"
+    objective: Objective = "causal-lm"
+    mlm_probability: float = 0.15      # masked-lm: share of tokens chosen for prediction
+    mask_replace_prob: float = 0.8     # masked-lm: of the chosen, replaced by the mask token
+    random_replace_prob: float = 0.1   # masked-lm: of the chosen, replaced by a random token (the rest unchanged)
+    whole_word_masking: bool = False   # masked-lm: choose whole words, not single tokens
+    noise_density: float = 0.15        # seq2seq: share of tokens corrupted (T5 span corruption)
+    mean_span_length: float = 3.0      # seq2seq: mean corrupted span, tokens
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        self._model_problems(problems)
+        self._data_problems(problems)
+        self._optim_problems(problems)
+        self._train_problems(problems)
+        if (self.pack or self.padding_free) and self.objective in ("seq2seq", "prefix-lm"):
+            problems.append(f"--pack/--padding-free apply to causal-lm and masked-lm, not {self.objective}")
+        if self.padding_free and self.objective != "causal-lm":
+            problems.append("--padding-free (position ids restart per document) is for --objective causal-lm")
+        for flag, value in (("--mlm-probability", self.mlm_probability), ("--noise-density", self.noise_density)):
+            if value is not None and not 0 < value < 1:
+                problems.append(f"{flag} must be between 0 and 1 (got {value})")
+        for flag, value in (("--mask-replace-prob", self.mask_replace_prob),
+                            ("--random-replace-prob", self.random_replace_prob)):
+            if value is not None and not 0 <= value <= 1:
+                problems.append(f"{flag} must be between 0 and 1 (got {value})")
+        if self.mask_replace_prob + self.random_replace_prob > 1:
+            problems.append("--mask-replace-prob plus --random-replace-prob must not exceed 1 "
+                            f"(got {self.mask_replace_prob} + {self.random_replace_prob})")
+        if self.mean_span_length is not None and self.mean_span_length < 1:
+            problems.append(f"--mean-span-length must be at least 1 (got {self.mean_span_length})")
+        validate(problems)
+
+    @property
+    def task(self) -> str:
+        """The transformers Auto class family the objective trains."""
+        return {"causal-lm": "causal-lm", "prefix-lm": "causal-lm", "masked-lm": "masked-lm",
+                "seq2seq": "seq2seq"}[self.objective]
+
+
+GenerateTask = Literal["text-generation", "summarization", "translation", "fill-mask"]
+GenerateDtype = Literal["auto", "fp32", "fp16", "bf16"]
+GenerateDevice = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """`llmkit generate`. Decoding values left at None come from the model's generation_config (transformers'
+    defaults where it has none); `max_new_tokens` falls back to DEFAULT_MAX_NEW_TOKENS."""
+
+    preset_kind: ClassVar[str] = "generate"
+    DEFAULT_MAX_NEW_TOKENS: ClassVar[int] = 128
+    model: str = ""                    # a model dir or hub id; with --adapter, default: the adapter's base
+    adapter: str | None = None         # a PEFT adapter dir trained on --model
+    task: GenerateTask | None = None   # default: inferred from the model's architecture
+    prompt: str | None = None          # completion: the text as it is
+    message: str | None = None         # one user turn through the chat template
+    system: str | None = None          # system message for --message, --chat and `messages` lines
+    chat_template: str | None = None   # a Jinja file; default: the tokenizer's own
+    input: str | None = None           # batch: JSONL with `prompt` or `messages` per line
+    output: str | None = None          # batch: JSONL results, appended (resumable)
+    chat: bool = False
+    batch_size: int = 8                # prompts per forward pass in batch mode
+    max_new_tokens: int | None = None  # tokens generated, prompt excluded
+    min_new_tokens: int | None = None
+    max_length: int | None = None      # prompt + generated tokens
+    min_length: int | None = None
+    do_sample: bool | None = None      # --do-sample / --greedy
+    num_beams: int | None = None
+    num_return_sequences: int | None = None
+    length_penalty: float | None = None
+    early_stopping: bool | None = None
+    no_repeat_ngram_size: int | None = None
+    temperature: float | None = None
+    top_k: int | None = None           # 0 turns top-k filtering off
+    top_p: float | None = None         # in (0, 1]
+    min_p: float | None = None         # in [0, 1]
+    typical_p: float | None = None     # in (0, 1]
+    repetition_penalty: float | None = None  # > 0; 1.0 = none
+    seed: int | None = None
+    stop: tuple[str, ...] = ()         # stop strings: the output is cut before the first one
+    dtype: GenerateDtype = "auto"      # auto = the checkpoint's dtype
+    device: GenerateDevice = "auto"    # auto = cuda when available
+    load_in_8bit: bool = False
+    load_in_4bit: bool = False
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if not self.model and not self.adapter:
+            problems.append("--model is required")
+        modes = [flag for flag, given in (("--prompt", self.prompt is not None), ("--message", self.message is not None),
+                                          ("--input", self.input is not None), ("--chat", self.chat)) if given]
+        if len(modes) != 1:
+            problems.append("give exactly one of --prompt, --message, --input (with --output) or --chat"
+                            + (f" (got {', '.join(modes)})" if modes else ""))
+        if (self.input is None) != (self.output is None):
+            problems.append("--input and --output go together (batch mode)")
+        if self.system is not None and self.prompt is not None:
+            problems.append("--system applies to --message, --chat and `messages` lines; --prompt is sent as it is")
+        if self.task == "fill-mask" and (self.message is not None or self.chat):
+            problems.append("--task fill-mask takes --prompt or --input with a mask token, not --message or --chat")
+        for flag, value in (("--batch-size", self.batch_size), ("--max-new-tokens", self.max_new_tokens),
+                            ("--max-length", self.max_length), ("--num-beams", self.num_beams),
+                            ("--num-return-sequences", self.num_return_sequences),
+                            ("--no-repeat-ngram-size", self.no_repeat_ngram_size),
+                            ("--repetition-penalty", self.repetition_penalty)):
+            _positive(problems, flag, value)
+        for flag, value in (("--min-new-tokens", self.min_new_tokens), ("--min-length", self.min_length)):
+            if value is not None and value < 0:
+                problems.append(f"{flag} must be 0 or more (got {value})")
+        if self.temperature is not None:
+            if self.temperature < 0:
+                problems.append(f"--temperature must be 0 or more (got {self.temperature})")
+            elif self.temperature == 0 and self.do_sample:
+                problems.append("--temperature 0 with --do-sample: sampling divides the logits by the temperature, "
+                                "so 0 is undefined; use --greedy (what temperature 0 means elsewhere) or a small "
+                                "positive temperature such as 0.1")
+        if self.top_k is not None and self.top_k < 0:
+            problems.append(f"--top-k must be 0 or more (got {self.top_k}); 0 turns top-k filtering off")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            problems.append(f"--top-p must be in (0, 1] (got {self.top_p}); 1 turns nucleus filtering off")
+        if self.min_p is not None and not 0 <= self.min_p <= 1:
+            problems.append(f"--min-p must be in [0, 1] (got {self.min_p})")
+        if self.typical_p is not None and not 0 < self.typical_p <= 1:
+            problems.append(f"--typical-p must be in (0, 1] (got {self.typical_p}); 1 turns it off")
+        if any(not s for s in self.stop):
+            problems.append("--stop must not be empty")
+        if self.load_in_8bit and self.load_in_4bit:
+            problems.append("give one of --load-in-8bit and --load-in-4bit")
+        validate(problems)
+
+
 ExplainMethod = Literal["absmax-int8", "vector-int8", "llm-int8", "nf4", "fp4"]
 
 

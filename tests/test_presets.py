@@ -3,8 +3,10 @@
 import pytest
 
 from llmkit import presets
+from llmkit.config import GenerateConfig  # noqa: I001
 from llmkit.config import (QuickstartConfig, TokenizeDatasetConfig, TokenizeShowConfig, TokenizeTrainConfig,
                            TokenizeVocabConfig)
+from llmkit.config import PretrainConfig
 from llmkit.configio import resolve
 
 COMMAND_CONFIGS = {
@@ -14,6 +16,8 @@ COMMAND_CONFIGS = {
     "llmkit tokenize show": (TokenizeShowConfig, {"tokenizer": "t", "texts": ["x"]}),
     "llmkit tokenize vocab": (TokenizeVocabConfig, {"tokenizer": "t"}),
     "llmkit quickstart": (QuickstartConfig, {}),
+    "llmkit pretrain": (PretrainConfig, {"data": "d.jsonl", "output_dir": "o", "tokenizer": "t"}),
+    "llmkit generate": (GenerateConfig, {"model": "m", "prompt": "x"}),
 }
 
 ALL = [(kind, name) for kind in presets.list_kinds() for name in presets.list_presets(kind)]

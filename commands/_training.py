@@ -1,0 +1,59 @@
+"""Option aliases of the training core, shared by `pretrain`, `sft` and `peft` (same flag, same meaning)."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def _opt(flag: str, help: str, *aliases: str, type_=None):
+    return typer.Option(flag, *aliases, help=help, show_default=False)
+
+
+# model
+ModelOpt = Annotated[Optional[str], _opt("--model", "A model dir or hub id (continued training); with --from-scratch "
+                                         "a model preset (`llmkit presets`) or a config.json.", "-m")]
+FromScratchOpt = Annotated[Optional[bool], _opt("--from-scratch", "Random initialisation from --model's architecture "
+                                                "(needs --tokenizer).")]
+# data
+DataOpt = Annotated[Optional[str], _opt("--data", "Training data: jsonl, json, csv, parquet, txt, a `llmkit tokenize "
+                                        "dataset` dir, or a hub dataset.")]
+EvalDataOpt = Annotated[Optional[str], _opt("--eval-data", "A separate evaluation set (same formats as --data).")]
+EvalSplitOpt = Annotated[Optional[float], _opt("--eval-split", "Hold out this share (0-1) or this many documents "
+                                               "(>= 1) of --data for evaluation.")]
+SeqLenOpt = Annotated[Optional[int], _opt("--seq-len", "Tokens per training row (default 512).")]
+PackOpt = Annotated[Optional[bool], _opt("--pack", "Concatenate documents (eos between them) into --seq-len blocks; "
+                                         "attention crosses document boundaries.")]
+PaddingFreeOpt = Annotated[Optional[bool], _opt("--padding-free", "Pack, but each document attends only to itself "
+                                                "(position ids restart per document; causal-lm).")]
+# optimisation
+BatchSizeOpt = Annotated[Optional[int], _opt("--batch-size", "Sequences per micro-batch (default 8).", "-b")]
+GradAccumOpt = Annotated[Optional[int], _opt("--grad-accum", "Micro-batches per optimizer step (default 1).")]
+LrOpt = Annotated[Optional[float], _opt("--lr", "Peak learning rate (default 3e-4).")]
+EpochsOpt = Annotated[Optional[float], _opt("--epochs", "Passes over the data (default 1).")]
+MaxStepsOpt = Annotated[Optional[int], _opt("--max-steps", "Optimizer steps; overrides --epochs.")]
+WarmupRatioOpt = Annotated[Optional[float], _opt("--warmup-ratio", "Share of steps spent warming up (default 0).")]
+SchedulerOpt = Annotated[Optional[str], _opt("--scheduler", "linear | cosine | constant | constant-with-warmup.")]
+WeightDecayOpt = Annotated[Optional[float], _opt("--weight-decay", "AdamW weight decay (default 0).")]
+MaxGradNormOpt = Annotated[Optional[float], _opt("--max-grad-norm", "Gradient clipping; 0 turns it off (default 1).")]
+OptimizerOpt = Annotated[Optional[str], _opt("--optimizer", "adamw | adamw-8bit | paged-adamw-8bit | adafactor | sgd.")]
+# memory levers and run
+MixedPrecisionOpt = Annotated[Optional[str], _opt("--mixed-precision", "no | fp16 | bf16 (autocast over fp32 "
+                                                  "weights; fp16 needs a GPU).")]
+GradCheckpointingOpt = Annotated[Optional[bool], _opt("--grad-checkpointing", "Recompute activations in backward: "
+                                                      "less memory, more compute.")]
+FreezeBaseOpt = Annotated[Optional[bool], _opt("--freeze-base", "Train only the output head.")]
+TrainableLayersOpt = Annotated[Optional[int], _opt("--trainable-layers", "Train only the last N blocks (and the head).")]
+EvalStepsOpt = Annotated[Optional[int], _opt("--eval-steps", "Evaluate every N steps (default: before and after).")]
+SaveStepsOpt = Annotated[Optional[int], _opt("--save-steps", "Checkpoint every N steps (default 500).")]
+SaveTotalLimitOpt = Annotated[Optional[int], _opt("--save-total-limit", "Keep this many checkpoints (default 2).")]
+LoggingStepsOpt = Annotated[Optional[int], _opt("--logging-steps", "A metrics row and progress line every N steps.")]
+ResumeOpt = Annotated[Optional[str], _opt("--resume", "auto (the last intact checkpoint in --output-dir) or a "
+                                          "checkpoint dir.")]
+ReportToOpt = Annotated[Optional[str], _opt("--report-to", "none | tensorboard.")]
+DeepspeedOpt = Annotated[Optional[Path], _opt("--deepspeed", "A DeepSpeed JSON config, passed to the Trainer as is.")]
+
+
+def training_overrides(**values) -> dict:
+    """Flag values keyed by config field; Paths become strings, None stays 'not given'."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}

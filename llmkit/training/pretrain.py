@@ -1,0 +1,366 @@
+"""`llmkit pretrain`: train a model from scratch or continue pretraining, with any of the four objectives."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmkit.config import PretrainConfig
+from llmkit.configio import dump_yaml
+from llmkit.errors import ConfigError, DataError
+from llmkit.ui import Reporter, SilentReporter
+
+
+@dataclass
+class PretrainResult:
+    output_dir: str
+    model_dir: str | None
+    objective: str
+    status: str                          # "completed" or "interrupted"
+    steps: int
+    epochs: float
+    train_rows: int
+    eval_rows: int
+    parameters: int
+    trainable_parameters: int
+    train_loss: float | None             # the last logged training loss
+    eval_loss: float | None
+    perplexity: float | None
+    initial_eval_loss: float | None      # before training (not on resume)
+    initial_perplexity: float | None
+    tokens: int                          # non-pad tokens trained on in this process
+    tokens_per_second: float
+    seconds: float
+    resumed_from: str | None
+    checkpoint: str | None               # the last checkpoint written
+    loss_curve: list[float] = field(default_factory=list)
+    sparkline: str = ""
+    files: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------------- model
+
+def architecture_kind(model_type: str, is_encoder_decoder: bool) -> str:
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    if is_encoder_decoder:
+        return "encoder-decoder"
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "encoder"
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return "decoder"
+    return "unknown"
+
+
+FITTING = {"decoder": "causal-lm (or prefix-lm)", "encoder": "masked-lm", "encoder-decoder": "seq2seq"}
+NEEDS = {"causal-lm": "decoder", "prefix-lm": "decoder", "masked-lm": "encoder", "seq2seq": "encoder-decoder"}
+KIND_WORDS = {"decoder": "decoder-only", "encoder": "encoder-only", "encoder-decoder": "encoder-decoder"}
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+def check_objective(objective: str, model_type: str, is_encoder_decoder: bool, name: str) -> None:
+    kind = architecture_kind(model_type, is_encoder_decoder)
+    if kind == "unknown" or kind == NEEDS[objective]:
+        return
+    examples = {"decoder": "LLaMA, GPT-2, Qwen", "encoder": "BERT, RoBERTa", "encoder-decoder": "T5, BART"}
+    raise ConfigError(f"--objective {objective} needs {_a(KIND_WORDS[NEEDS[objective]])} model "
+                      f"({examples[NEEDS[objective]]}), but {name} is {_a(KIND_WORDS[kind])} {model_type} model",
+                      hint=f"use --objective {FITTING[kind]} for this model")
+
+
+def load_model_and_tokenizer(cfg: PretrainConfig):
+    """(model, tokenizer, source) for --from-scratch presets/config.json files and for pretrained dirs/ids."""
+    from llmkit.modeling import build_model, load_model, load_tokenizer, model_config_fields
+
+    fields = model_config_fields(cfg.model)
+    path = Path(cfg.model).expanduser()
+    is_config_file = path.is_file() and path.suffix == ".json"
+    if fields is not None and not cfg.from_scratch:
+        raise ConfigError(f"'{cfg.model}' is an architecture preset, with no trained weights",
+                          hint="add --from-scratch --tokenizer TOK to train it from random initialisation")
+    scratch = cfg.from_scratch or is_config_file
+    if scratch and not cfg.tokenizer:
+        raise ConfigError("a model built from an architecture needs --tokenizer", hint="pass --tokenizer DIR")
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, trust_remote_code=cfg.trust_remote_code)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token   # collation only: labels are masked by position, not by id
+    if scratch:
+        if fields is None:
+            config_file = path / "config.json" if path.is_dir() else path
+            if not config_file.is_file():
+                raise ConfigError(f"--from-scratch: '{cfg.model}' is neither a model preset nor a config.json",
+                                  hint="give a preset (`llmkit presets`), a config.json or a model dir")
+            fields = json.loads(config_file.read_text(encoding="utf-8"))
+        check_objective(cfg.objective, fields.get("model_type", ""), bool(fields.get("is_encoder_decoder")),
+                        cfg.model)
+        return None, tokenizer, fields
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError):
+        config = None  # load_model reports it with a clear message
+    if config is not None:
+        check_objective(cfg.objective, config.model_type, bool(getattr(config, "is_encoder_decoder", False)),
+                        cfg.model)
+    return load_model(cfg.model, cfg.task, dtype="fp32", trust_remote_code=cfg.trust_remote_code), tokenizer, None
+
+
+def build_scratch_model(cfg: PretrainConfig, fields: dict, tokenizer):
+    from llmkit.modeling import build_model
+
+    specials = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id,
+                "bos_token_id": tokenizer.bos_token_id}
+    if fields.get("is_encoder_decoder"):
+        specials["decoder_start_token_id"] = tokenizer.pad_token_id
+    specials = {k: v for k, v in specials.items() if v is not None}
+    return build_model(fields, cfg.task, vocab_size=len(tokenizer), overrides=specials, seed=cfg.seed)
+
+
+# -------------------------------------------------------------------------------------------------------- data
+
+def build_rows(cfg: PretrainConfig, tokenizer, source: str, warnings: list[str], docs=None):
+    from llmkit.training import data
+
+    if docs is None:
+        documents = data.read_documents(source, cfg.text_field, tokenizer,
+                                        add_special_tokens=cfg.objective == "masked-lm",
+                                        append_eos=cfg.objective in ("causal-lm", "prefix-lm"))
+        warnings.extend(documents.warnings)
+        if documents.prepacked:
+            return documents.docs, [{"input_ids": d} for d in documents.docs]
+        docs = documents.docs
+    seq_len = cfg.seq_len
+    if cfg.padding_free:
+        rows, dropped = data.pack_padding_free(docs, seq_len, source)
+    elif cfg.pack:
+        rows, dropped = data.pack(docs, seq_len, source)
+    else:
+        min_len = {"causal-lm": 2, "prefix-lm": 2, "masked-lm": 1, "seq2seq": 2}[cfg.objective]
+        rows = data.chunk(docs, seq_len - 1 if cfg.objective == "seq2seq" else seq_len, min_len)
+        dropped = 0
+        if not rows:
+            raise DataError(f"{source}: every document is shorter than {min_len} tokens, too short for "
+                            f"{cfg.objective}", hint="give longer documents")
+    if dropped:
+        warnings.append(f"{source}: the last {dropped:,} tokens do not fill a block of {seq_len} and were dropped")
+    return docs, rows
+
+
+def make_collator(cfg: PretrainConfig, tokenizer, model):
+    from llmkit.training import objectives as o
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if cfg.objective == "causal-lm":
+        return o.CausalLMCollator(pad)
+    if cfg.objective == "prefix-lm":
+        return o.PrefixLMCollator(pad, dtype=next(model.parameters()).dtype)
+    if cfg.objective == "masked-lm":
+        return o.MaskedLMCollator(tokenizer, cfg.mlm_probability, cfg.mask_replace_prob, cfg.random_replace_prob,
+                                  cfg.whole_word_masking)
+    start = getattr(model.config, "decoder_start_token_id", None)
+    return o.Seq2SeqCollator(tokenizer, cfg.noise_density, cfg.mean_span_length, pad if start is None else start)
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+
+def prepare_run_dir(cfg: PretrainConfig) -> Path:
+    run = Path(cfg.output_dir).expanduser()
+    if run.exists() and not run.is_dir():
+        raise ConfigError(f"--output-dir {run} exists and is a file", hint="choose a directory path")
+    if run.is_dir() and any(run.iterdir()) and not (cfg.overwrite or cfg.resume):
+        raise ConfigError(f"--output-dir {run} exists and is not empty",
+                          hint="pass --overwrite to replace it, --resume auto to continue its last checkpoint, "
+                               "or choose another dir")
+    return run
+
+
+def run_pretrain(cfg: PretrainConfig, reporter: Reporter | None = None, callbacks: list | None = None,
+                 eval_before: bool = True) -> PretrainResult:
+    """Train; returns the result, or raises TrainingInterrupted (a KeyboardInterrupt) after Ctrl-C's checkpoint.
+
+    stdout is the caller's (a --json document): libraries that log to stdout (DeepSpeed's accelerator notice on
+    import) are sent to stderr for the duration.
+    """
+    import contextlib
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):
+        return _run_pretrain(cfg, reporter, callbacks, eval_before)
+
+
+def _run_pretrain(cfg: PretrainConfig, reporter: Reporter | None, callbacks: list | None,
+                  eval_before: bool) -> PretrainResult:
+    reporter = reporter or SilentReporter()
+    started = time.perf_counter()
+    warnings: list[str] = []
+    run = prepare_run_dir(cfg)
+    from llmkit.training import rundir
+
+    resume_from = rundir.resume_checkpoint(run, cfg.resume, reporter.warn) if cfg.resume else None
+
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()   # progress goes through the Reporter, nowhere else
+    transformers.set_seed(cfg.seed)
+    model, tokenizer, fields = load_model_and_tokenizer(cfg)
+    if cfg.objective == "seq2seq":
+        from llmkit.training.objectives import ensure_sentinels, max_spans
+
+        added = ensure_sentinels(tokenizer, max_spans(cfg.seq_len, cfg.noise_density, cfg.mean_span_length))
+        if added:
+            warnings.append(f"added {added} sentinel tokens <extra_id_N> to the tokenizer for span corruption")
+    if cfg.objective == "masked-lm" and tokenizer.mask_token_id is None:
+        raise ConfigError("--objective masked-lm needs a mask token, and this tokenizer has none",
+                          hint="add one: tokenizer.add_special_tokens({'mask_token': '[MASK]'}) (or '<mask>'), "
+                               "save it, and pass it with --tokenizer")
+
+    docs, train_rows = build_rows(cfg, tokenizer, cfg.data, warnings)
+    eval_rows = None
+    if cfg.eval_split is not None:
+        from llmkit.training.data import split_eval
+
+        train_docs, eval_docs = split_eval(docs, cfg.eval_split, cfg.seed)
+        _, train_rows = build_rows(cfg, tokenizer, cfg.data, warnings, docs=train_docs)
+        _, eval_rows = build_rows(cfg, tokenizer, f"{cfg.data} (eval split)", warnings, docs=eval_docs)
+    elif cfg.eval_data:
+        _, eval_rows = build_rows(cfg, tokenizer, cfg.eval_data, warnings)
+
+    if model is None:
+        model = build_scratch_model(cfg, fields, tokenizer)
+    elif len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    if cfg.grad_checkpointing and not model.supports_gradient_checkpointing:
+        raise ConfigError(f"{type(model).__name__} does not support --grad-checkpointing",
+                          hint="drop --grad-checkpointing")
+
+    from llmkit.training import trainer as t
+    from llmkit.training.data import RowDataset
+    from llmkit.training.objectives import make_loss
+
+    t.apply_freezing(model, cfg.freeze_base, cfg.trainable_layers)
+    total, trainable = t.parameter_counts(model)
+    if trainable == 0:
+        raise ConfigError("no parameter is left to train", hint="drop --freeze-base / --trainable-layers")
+
+    # Everything that can fail on input has been checked: only now touch the run directory.
+    if cfg.overwrite and run.is_dir():
+        shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "resolved_config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+    metrics_file = run / rundir.METRICS
+    if resume_from is not None:
+        state = json.loads((resume_from / "trainer_state.json").read_text(encoding="utf-8"))
+        rundir.truncate_metrics(metrics_file, int(state["global_step"]))
+    else:
+        metrics_file.write_text("", encoding="utf-8")
+
+    collator = make_collator(cfg, tokenizer, model)
+    train_set, eval_set = RowDataset(train_rows), RowDataset(eval_rows) if eval_rows else None
+    args = t.training_arguments(cfg, run / rundir.CHECKPOINTS, eval_set is not None)
+    reporter.info(f"{cfg.objective}: {type(model).__name__} with {total:,} parameters ({trainable:,} trainable); "
+                  f"{len(train_set):,} training rows ({train_set.tokens:,} tokens)"
+                  + (f", {len(eval_set):,} eval rows" if eval_set else ""))
+    trainer = t.LlmkitTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                              data_collator=collator, processing_class=tokenizer,
+                              compute_loss_func=make_loss(cfg.objective), objective=cfg.objective)
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+
+    initial = None
+    if eval_set is not None and eval_before and resume_from is None:
+        initial, _ = t.evaluate_loss(model, trainer.get_eval_dataloader(), trainer.shift, args.device)
+        rundir.append_metrics(metrics_file, {"step": 0, "eval_loss": round(initial, 6),
+                                             "perplexity": round(t.perplexity(initial), 4)})
+        reporter.info(f"before training: eval loss {initial:.4f}, perplexity {t.perplexity(initial):,.2f}")
+
+    steps_hint = trainer.args.max_steps if trainer.args.max_steps > 0 else None
+    with reporter.progress("training", total=steps_hint) as advance:
+        callback = t.RunCallback(run, collator, reporter, advance)
+        trainer.add_callback(callback)
+        for extra in callbacks or []:
+            trainer.add_callback(extra)
+        collator.tokens_seen = 0
+        train_started = time.perf_counter()
+        with t.checkpoint_on_interrupt(callback):
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        train_seconds = time.perf_counter() - train_started
+
+    final_eval = None
+    status = "interrupted" if callback.interrupted else "completed"
+    if not callback.interrupted and eval_set is not None:
+        final_eval = trainer.evaluate()["eval_loss"]
+    saved = rundir.checkpoints(run)
+    model_dir = None
+    if not callback.interrupted:
+        from llmkit.outputs import atomic_output_dir
+
+        model_dir = run / rundir.MODEL
+        with atomic_output_dir(model_dir, overwrite=True) as scratch:
+            trainer.model.save_pretrained(str(scratch), safe_serialization=True)
+            tokenizer.save_pretrained(str(scratch))
+
+    rows = rundir.read_metrics(metrics_file)
+    train_curve = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    eval_curve = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    rundir.write_loss_png(run / rundir.CURVE, train_curve, eval_curve)
+    tokens = collator.tokens_seen
+    rate = tokens / train_seconds if train_seconds > 0 else 0.0
+    seconds = time.perf_counter() - started
+    manifest = {
+        "command": "llmkit pretrain", "status": status, "versions": rundir.library_versions(),
+        "data": {"source": cfg.data, "fingerprint": rundir.fingerprint(cfg.data), "train_rows": len(train_set),
+                 "train_tokens": train_set.tokens, "eval_source": cfg.eval_data or
+                 (f"{cfg.eval_split:g} of --data" if cfg.eval_split else None),
+                 "eval_fingerprint": rundir.fingerprint(cfg.eval_data) if cfg.eval_data else None,
+                 "eval_rows": len(eval_set) if eval_set else 0},
+        "model": {"class": type(trainer.model).__name__, "parameters": total, "trainable_parameters": trainable},
+        "steps": trainer.state.global_step, "tokens_trained_this_run": tokens,
+        "tokens_per_second": round(rate, 1), "wall_seconds": round(seconds, 3),
+        "train_seconds": round(train_seconds, 3), "resumed_from": str(resume_from) if resume_from else None,
+        "threads": torch.get_num_threads(), "device": str(args.device), **rundir.peak_memory(),
+    }
+    rundir.write_json(run / rundir.MANIFEST, manifest)
+    losses = [loss for _, loss in train_curve]
+    files = {"resolved_config": str(run / "resolved_config.yaml"), "metrics": str(metrics_file),
+             "loss_curve": str(run / rundir.CURVE), "manifest": str(run / rundir.MANIFEST),
+             "checkpoints": str(run / rundir.CHECKPOINTS)}
+    if model_dir is not None:
+        files["model"] = str(model_dir)
+    result = PretrainResult(
+        output_dir=str(run), model_dir=str(model_dir) if model_dir else None, objective=cfg.objective,
+        status=status, steps=trainer.state.global_step, epochs=round(float(trainer.state.epoch or 0.0), 4),
+        train_rows=len(train_set), eval_rows=len(eval_set) if eval_set else 0, parameters=total,
+        trainable_parameters=trainable, train_loss=losses[-1] if losses else None,
+        eval_loss=None if final_eval is None else round(final_eval, 6),
+        perplexity=None if final_eval is None else round(t.perplexity(final_eval), 4),
+        initial_eval_loss=None if initial is None else round(initial, 6),
+        initial_perplexity=None if initial is None else round(t.perplexity(initial), 4),
+        tokens=tokens, tokens_per_second=round(rate, 1), seconds=round(seconds, 3),
+        resumed_from=str(resume_from) if resume_from else None,
+        checkpoint=str(saved[-1]) if saved else None, loss_curve=losses,
+        sparkline=rundir.sparkline(losses), files=files, warnings=warnings)
+    if callback.interrupted:
+        raise TrainingInterrupted(result)
+    return result
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C: a checkpoint was saved; the command exits 130. Carries the partial result."""
+
+    def __init__(self, result: PretrainResult):
+        super().__init__("interrupted")
+        self.result = result

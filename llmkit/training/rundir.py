@@ -1,0 +1,248 @@
+"""The run directory: resolved_config.yaml, metrics.jsonl, loss_curve.png, manifest.json, checkpoints/, model/.
+
+Pure Python apart from the checkpoint checks; the loss curve is a PNG written with zlib (no matplotlib: it would
+add ~40 MB and a second of import to every training run for one picture; the numbers are in metrics.jsonl).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import struct
+import zlib
+from pathlib import Path
+
+from llmkit.errors import LlmkitError
+
+CHECKPOINTS = "checkpoints"
+MODEL = "model"
+METRICS = "metrics.jsonl"
+CURVE = "loss_curve.png"
+MANIFEST = "manifest.json"
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+# ----------------------------------------------------------------------------------------------------- metrics
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by kill -9
+            break
+    return rows
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep the rows up to a checkpoint's step (a resumed run logs the later steps again)."""
+    rows = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def append_metrics(path: Path, row: dict) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+
+def sparkline(values: list[float], width: int = 40) -> str:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return ""
+    if len(values) > width:  # average into `width` buckets
+        step = len(values) / width
+        values = [sum(values[int(i * step):max(int((i + 1) * step), int(i * step) + 1)]) /
+                  len(values[int(i * step):max(int((i + 1) * step), int(i * step) + 1)]) for i in range(width)]
+    bars = "▁▂▃▄▅▆▇█"
+    lo, hi = min(values), max(values)
+    span = hi - lo or 1.0
+    return "".join(bars[min(int((v - lo) / span * (len(bars) - 1) + 0.5), len(bars) - 1)] for v in values)
+
+
+# --------------------------------------------------------------------------------------------------------- PNG
+
+def _png(width: int, height: int, pixels: bytearray) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\x00" + bytes(pixels[y * width * 3:(y + 1) * width * 3]) for y in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+
+def write_loss_png(path: Path, train: list[tuple[int, float]], evals: list[tuple[int, float]],
+                   width: int = 640, height: int = 360) -> None:
+    """Training loss (blue line) and eval loss (orange dots) against steps, on light grid lines."""
+    pixels = bytearray(b"\xff" * (width * height * 3))
+    margin = 30
+
+    def put(x: int, y: int, rgb: tuple[int, int, int]) -> None:
+        if 0 <= x < width and 0 <= y < height:
+            i = (y * width + x) * 3
+            pixels[i:i + 3] = bytes(rgb)
+
+    points = [p for p in train + evals if math.isfinite(p[1])]
+    for k in range(5):  # grid
+        y = margin + k * (height - 2 * margin) // 4
+        for x in range(margin, width - margin):
+            put(x, y, (225, 225, 225))
+    for y in range(margin, height - margin + 1):  # axes
+        put(margin, y, (0, 0, 0))
+    for x in range(margin, width - margin + 1):
+        put(x, height - margin, (0, 0, 0))
+    if points:
+        s0, s1 = min(p[0] for p in points), max(p[0] for p in points)
+        l0, l1 = min(p[1] for p in points), max(p[1] for p in points)
+
+        def xy(step: float, loss: float) -> tuple[int, int]:
+            fx = (step - s0) / ((s1 - s0) or 1)
+            fy = (loss - l0) / ((l1 - l0) or 1)
+            return margin + int(fx * (width - 2 * margin)), height - margin - int(fy * (height - 2 * margin))
+
+        line = [xy(*p) for p in train if math.isfinite(p[1])]
+        for (x0, y0), (x1, y1) in zip(line, line[1:]):
+            n = max(abs(x1 - x0), abs(y1 - y0), 1)
+            for t in range(n + 1):
+                x, y = x0 + (x1 - x0) * t // n, y0 + (y1 - y0) * t // n
+                put(x, y, (31, 119, 180))
+                put(x, y + 1, (31, 119, 180))
+        for step, loss in evals:
+            if math.isfinite(loss):
+                cx, cy = xy(step, loss)
+                for dx in range(-3, 4):
+                    for dy in range(-3, 4):
+                        if dx * dx + dy * dy <= 9:
+                            put(cx + dx, cy + dy, (255, 127, 14))
+    path.write_bytes(_png(width, height, pixels))
+
+
+# -------------------------------------------------------------------------------------------------- manifest
+
+def fingerprint(source: str) -> str:
+    """sha256 over a data file, or over a directory's files (names and bytes); hub names hash as text."""
+    digest = hashlib.sha256()
+    path = Path(source).expanduser()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    if not files:
+        digest.update(source.encode())
+    for f in files:
+        digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with f.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import llmkit
+
+    out = {"llmkit": llmkit.__version__}
+    for name in ("torch", "transformers", "datasets", "tokenizers", "accelerate", "deepspeed", "peft",
+                 "bitsandbytes"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    import platform
+
+    out["python"] = platform.python_version()
+    return out
+
+
+def peak_memory() -> dict[str, int | None]:
+    import resource
+
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+    return {"peak_rss_bytes": rss, "peak_gpu_allocated_bytes": gpu}
+
+
+def write_json(path: Path, value: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    folder = run_dir / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and _CHECKPOINT_RE.match(p.name)]
+    return sorted(found, key=lambda p: int(_CHECKPOINT_RE.match(p.name).group(1)))
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from, or None when it looks whole."""
+    if not path.is_dir():
+        return "it is not a directory"
+    state = path / "trainer_state.json"
+    try:
+        step = json.loads(state.read_text(encoding="utf-8"))["global_step"]
+    except FileNotFoundError:
+        return "trainer_state.json is missing"
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
+        return "trainer_state.json is not valid JSON with a global_step"
+    weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
+    if not weights:
+        return "it holds no model weights (*.safetensors)"
+    for w in weights:
+        if w.suffix == ".safetensors":
+            try:
+                from safetensors import safe_open
+
+                with safe_open(str(w), framework="pt") as f:
+                    for key in f.keys():
+                        f.get_slice(key)
+                size = w.stat().st_size
+                with w.open("rb") as handle:
+                    header = struct.unpack("<Q", handle.read(8))[0]
+                    meta = json.loads(handle.read(header))
+                end = max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"), default=0)
+                if 8 + header + end != size:
+                    return f"{w.name} is truncated ({size:,} bytes, expected {8 + header + end:,})"
+            except Exception as exc:  # safetensors raises several types for a damaged file
+                return f"{w.name} is damaged ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    if not any((path / name).is_file() for name in ("optimizer.pt", "optimizer.bin")) and \
+            not any(path.glob("global_step*")):
+        return "the optimizer state (optimizer.pt) is missing"
+    if not isinstance(step, int):
+        return "trainer_state.json has no integer global_step"
+    return None
+
+
+def resume_checkpoint(run_dir: Path, resume: str, warn) -> Path:
+    """The checkpoint to resume from: `auto` = the newest whole one in run_dir/checkpoints, or a given dir."""
+    if resume != "auto":
+        path = Path(resume).expanduser()
+        problem = checkpoint_problem(path)
+        if problem:
+            raise LlmkitError(f"cannot resume from {path}: {problem}",
+                              hint="pass an intact checkpoint dir, or --resume auto for the newest intact one")
+        return path
+    found = checkpoints(run_dir)
+    if not found:
+        raise LlmkitError(f"--resume auto: no checkpoint in {run_dir / CHECKPOINTS}",
+                          hint="drop --resume to start a new run (with --overwrite to replace the dir)")
+    skipped = []
+    for path in reversed(found):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            for message in skipped:
+                warn(message)
+            return path
+        skipped.append(f"skipping checkpoint {path.name}: {problem} (interrupted while saving?)")
+    raise LlmkitError(f"--resume auto: every checkpoint in {run_dir / CHECKPOINTS} is damaged "
+                      f"({checkpoint_problem(found[-1])})",
+                      hint="start over with --overwrite; nothing was changed")

@@ -1,0 +1,269 @@
+"""A thin layer on transformers' Trainer: arguments from the config, the memory levers, exact per-token loss,
+evaluation with perplexity, metrics and progress through the Reporter, and Ctrl-C that checkpoints first."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from llmkit.errors import ConfigError
+from llmkit.training import rundir
+from llmkit.training.objectives import NUM_TOKENS, SHIFTED, token_loss
+
+OPTIMIZERS = {"adamw": "adamw_torch", "adamw-8bit": "adamw_bnb_8bit", "paged-adamw-8bit": "paged_adamw_8bit",
+              "adafactor": "adafactor", "sgd": "sgd"}
+SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant",
+              "constant-with-warmup": "constant_with_warmup"}
+
+
+def training_arguments(cfg, checkpoints_dir: Path, has_eval: bool) -> TrainingArguments:
+    cuda = torch.cuda.is_available()
+    if cfg.mixed_precision == "fp16" and not cuda:
+        raise ConfigError("--mixed-precision fp16 needs a GPU (fp16 autocast has no CPU gradient scaler)",
+                          hint="on CPU use --mixed-precision bf16 (slow without native bf16) or no")
+    if cfg.optimizer in ("adamw-8bit", "paged-adamw-8bit"):
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"--optimizer {cfg.optimizer} needs bitsandbytes",
+                              hint="pip install bitsandbytes, or use --optimizer adamw / adafactor") from None
+    deepspeed = None
+    if cfg.deepspeed is not None:
+        path = Path(cfg.deepspeed).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"--deepspeed {path}: no such file", hint="give a DeepSpeed JSON config")
+        import json
+
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--deepspeed {path} is not valid JSON: {exc}", hint="fix the file") from None
+        deepspeed = str(path)
+    return TrainingArguments(
+        output_dir=str(checkpoints_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps if cfg.max_steps is not None else -1,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float below 1 is a share of the steps
+        lr_scheduler_type=SCHEDULERS[cfg.scheduler],
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        optim=OPTIMIZERS[cfg.optimizer],
+        bf16=cfg.mixed_precision == "bf16",
+        fp16=cfg.mixed_precision == "fp16",
+        activation_checkpointing=cfg.grad_checkpointing,   # transformers 5's name for gradient checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.grad_checkpointing else None,
+        eval_strategy="steps" if has_eval and cfg.eval_steps else "no",
+        eval_steps=cfg.eval_steps if has_eval and cfg.eval_steps else None,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        save_only_model=False,
+        logging_strategy="steps",
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        deepspeed=deepspeed,
+        use_cpu=not cuda,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- memory levers
+
+def _blocks(model) -> list[torch.nn.ModuleList]:
+    """The transformer block lists (LLaMA `layers`, GPT-2 `h`, BERT `layer`, T5 `block`)."""
+    counts = {getattr(model.config, k, None) for k in ("num_hidden_layers", "num_layers", "num_decoder_layers",
+                                                        "n_layer")}
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) in counts and len(m)]
+    return [m for m in lists if not any(m is not o and any(c is m for c in o.modules()) for o in lists)]
+
+
+def apply_freezing(model, freeze_base: bool, trainable_layers: int | None) -> None:
+    """--freeze-base: only the output head trains. --trainable-layers N: the last N blocks of every block stack,
+    the head and the final norms train; embeddings and earlier blocks are frozen (no gradient, unchanged)."""
+    if not freeze_base and trainable_layers is None:
+        return
+    head = model.get_output_embeddings()
+    head_params = {id(p) for p in head.parameters()} if head is not None else set()
+    if not head_params:
+        raise ConfigError("--freeze-base: this model has no output head to train", hint="use --trainable-layers N")
+    if freeze_base:
+        for p in model.parameters():
+            p.requires_grad_(id(p) in head_params)
+        return
+    blocks = _blocks(model)
+    if not blocks:
+        raise ConfigError("--trainable-layers: cannot find this model's transformer blocks",
+                          hint="use --freeze-base instead")
+    deepest = max(len(b) for b in blocks)
+    if trainable_layers > deepest:
+        raise ConfigError(f"--trainable-layers {trainable_layers} is more than the model's {deepest} layers",
+                          hint=f"choose 1..{deepest}")
+    in_blocks, trainable = set(), set()
+    for stack in blocks:
+        for i, block in enumerate(stack):
+            for p in block.parameters():
+                in_blocks.add(id(p))
+                if i >= len(stack) - trainable_layers:
+                    trainable.add(id(p))
+    embeddings = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    for p in model.parameters():
+        keep = id(p) in trainable or id(p) in head_params or (id(p) not in in_blocks and id(p) not in embeddings)
+        p.requires_grad_(keep)
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    seen, total, trainable = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return total, trainable
+
+
+# --------------------------------------------------------------------------------------------------- trainer
+
+class LlmkitTrainer(Trainer):
+    """transformers' Trainer with an exact per-token evaluation (loss summed over all eval tokens, then divided)."""
+
+    def __init__(self, *args, objective: str = "causal-lm", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.shift = SHIFTED[objective]
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # tokens actually trained on (the dataloader may collate a batch ahead; counting here is exact)
+        self.data_collator.tokens_seen += int(inputs.pop(NUM_TOKENS, 0))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        loss, tokens = evaluate_loss(self.model, self.get_eval_dataloader(eval_dataset), self.shift,
+                                     self.args.device)
+        metrics = {f"{metric_key_prefix}_loss": loss, f"{metric_key_prefix}_perplexity": perplexity(loss),
+                   f"{metric_key_prefix}_tokens": tokens}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 700 else float("inf")
+
+
+@torch.no_grad()
+def evaluate_loss(model, dataloader, shift: bool, device=None) -> tuple[float, int]:
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in dataloader:
+        batch = {k: v.to(device) if device is not None and torch.is_tensor(v) else v for k, v in batch.items()}
+        batch.pop(NUM_TOKENS, None)
+        labels = batch.pop("labels")
+        logits = model(**batch)["logits"]
+        n = int((labels[..., 1:] if shift else labels).ne(-100).sum())
+        if n:
+            total += float(token_loss(logits, labels, shift)) * n
+            count += n
+    model.train(was_training)
+    return (total / count if count else float("nan")), count
+
+
+# ------------------------------------------------------------------------------------------------- callbacks
+
+class RunCallback(TrainerCallback):
+    """metrics.jsonl rows, the live progress line (step, loss, tokens/s, ETA), and the Ctrl-C checkpoint."""
+
+    def __init__(self, run_dir: Path, collator, reporter, advance=None):
+        self.metrics = run_dir / rundir.METRICS
+        self.collator = collator
+        self.reporter = reporter
+        self.advance = advance
+        self.interrupted = False
+        self.train_rows: list[dict] = []
+        self.eval_rows: list[dict] = []
+        self._last = None
+        self._start = None
+        self._start_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._start = self._last = (time.perf_counter(), self.collator.tokens_seen)
+        self._start_step = state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.advance is not None:
+            self.advance(1)
+        if self.interrupted:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        now, tokens = time.perf_counter(), self.collator.tokens_seen
+        if "loss" in logs:
+            elapsed = now - self._last[0]
+            rate = (tokens - self._last[1]) / elapsed if elapsed > 0 else 0.0
+            self._last = (now, tokens)
+            row = {"step": state.global_step, "loss": round(float(logs["loss"]), 6),
+                   "lr": float(logs.get("learning_rate", 0.0)), "tokens_per_second": round(rate, 1),
+                   "epoch": round(float(state.epoch or 0.0), 4)}
+            if "grad_norm" in logs and logs["grad_norm"] is not None:
+                row["grad_norm"] = round(float(logs["grad_norm"]), 6)
+            rundir.append_metrics(self.metrics, row)
+            self.train_rows.append(row)
+            done = state.global_step - self._start_step
+            left = state.max_steps - state.global_step
+            eta = (now - self._start[0]) / done * left if done > 0 else float("nan")
+            self.reporter.info(f"step {state.global_step}/{state.max_steps}  loss {row['loss']:.4f}  "
+                               f"{rate:,.0f} tokens/s  ETA {_duration(eta)}")
+        if "eval_loss" in logs:
+            row = {"step": state.global_step, "eval_loss": round(float(logs["eval_loss"]), 6),
+                   "perplexity": round(float(logs.get("eval_perplexity", perplexity(logs["eval_loss"]))), 4)}
+            rundir.append_metrics(self.metrics, row)
+            self.eval_rows.append(row)
+            self.reporter.info(f"step {state.global_step}  eval loss {row['eval_loss']:.4f}  "
+                               f"perplexity {row['perplexity']:,.2f}")
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+@contextlib.contextmanager
+def checkpoint_on_interrupt(callback: RunCallback):
+    """The first Ctrl-C asks the Trainer to save a checkpoint at the end of the current step and stop; a second
+    one interrupts at once. Only the main thread can own signal handlers; elsewhere this does nothing."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        callback.interrupted = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
