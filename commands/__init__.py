@@ -44,7 +44,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register() -> None:
-    from llmkit.commands import completion, env, memory_estimate, presets_cmd, pretrain, quickstart, tokenize
+    from llmkit.commands import completion, env, memory_estimate, presets_cmd, pretrain, quickstart, sft, tokenize
 
     app.add_typer(tokenize.app, name="tokenize")
     from llmkit.commands import quantize
@@ -52,7 +52,7 @@ def _register() -> None:
     app.add_typer(quantize.app, name="quantize")
     from llmkit.commands import generate
     generate.register(app)
-    for module in (quickstart, env, presets_cmd, memory_estimate, completion, pretrain):
+    for module in (quickstart, env, presets_cmd, memory_estimate, completion, pretrain, sft):
         module.register(app)
 
 

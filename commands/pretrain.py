@@ -72,7 +72,9 @@ def pretrain(
 
     The run directory gets resolved_config.yaml, metrics.jsonl, loss_curve.png, manifest.json, checkpoints/ and,
     at the end, model/ (model + tokenizer, loadable with from_pretrained). Ctrl-C saves a checkpoint and exits 130;
-    --resume auto continues from it.
+    --resume auto continues from it. --deepspeed CONFIG.json works under a launcher (deepspeed, torchrun,
+    accelerate launch) and without one: then llmkit runs a one-process world (it sets RANK=0, LOCAL_RANK=0,
+    WORLD_SIZE=1, MASTER_ADDR and a free MASTER_PORT). --report-to tensorboard writes to OUTPUT/tensorboard.
     """
     overrides = training_overrides(
         model=model, tokenizer=tokenizer, from_scratch=from_scratch, objective=objective, data=data,

@@ -48,6 +48,10 @@ def quickstart(
             text = (f"{s['parameters'] / 1e6:.1f}M-parameter LLaMA, {s['steps']} steps; held-out perplexity "
                     f"{s['held_out_perplexity_before']:,.0f} -> {s['held_out_perplexity_after']:,.0f} "
                     f"({s['perplexity_fall']:.1f}x lower); loss {s['sparkline']}")
+        elif stage.name == "sft":
+            s = stage.summary
+            text = (f"{s['pairs']} question/answer pairs (ChatML, loss on answers), {s['steps']} steps; "
+                    f"{s['reproduced']}/{s['asked']} greedy answers reproduce the reference; loss {s['sparkline']}")
         elif stage.name == "generate":
             text = f"{len(stage.summary['samples'])} prompts, greedy and sampled (below)"
         else:
@@ -58,6 +62,16 @@ def quickstart(
     tokenizer_stage = next(s for s in result.stages if s.name == "tokenizer")
     out.print(Panel("|".join(tokenizer_stage.summary["sample_tokens"]), subtitle="tokens split by |",
                     title=repr(tokenizer_stage.summary["sample_text"][:60] + "…"), title_align="left"))
+    sft_stage = next((s for s in result.stages if s.name == "sft"), None)
+    if sft_stage is not None:
+        lines = []
+        for sample in sft_stage.summary["samples"]:
+            mark = "[green]reproduces the reference[/]" if sample["reproduced"] else "[yellow]differs[/]"
+            lines.append(f"[bold]{escape(sample['question'])}[/bold]")
+            lines.append(f"  before SFT: {escape(sample['before'][:100])}")
+            lines.append(f"  after SFT:  {escape(sample['after'][:100])}  ({mark})")
+        out.print(Panel("\n".join(lines), title="answers before and after instruction tuning (greedy)",
+                        title_align="left"))
     generate_stage = next((s for s in result.stages if s.name == "generate"), None)
     if generate_stage is not None:
         lines = []

@@ -18,6 +18,7 @@ _llmkit() {
             ":pretrain") path="pretrain" ;;
             ":quantize") path="quantize" ;;
             ":quickstart") path="quickstart" ;;
+            ":sft") path="sft" ;;
             ":tokenize") path="tokenize" ;;
         esac
     done
@@ -167,6 +168,52 @@ _llmkit() {
             esac
             COMPREPLY=($(compgen -W "--output-dir -o --fast --seed --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
+        "sft")
+            case "$prev" in
+                --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --tokenizer|-t) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --format) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --template) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --chat-template) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --multi-turn) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --messages-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --prompt-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --completion-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --instruction-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --input-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --output-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --system-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --eval-data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --eval-split) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --seq-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --preview) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --batch-size|-b) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --grad-accum) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --lr) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --epochs) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-steps) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --warmup-ratio) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --scheduler) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --weight-decay) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-grad-norm) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --optimizer) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --mixed-precision) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --trainable-layers) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --eval-steps) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --save-steps) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --save-total-limit) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --logging-steps) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --seed) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --output-dir|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --resume) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --report-to) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --deepspeed) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+            esac
+            COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --data --format --template --chat-template --multi-turn --train-on-prompt --messages-field --prompt-field --completion-field --instruction-field --input-field --output-field --system-field --eval-data --eval-split --seq-len --pack --preview --check --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --trust-remote-code --preset --config --print-config --json --help -h" -- "$cur"))
+            [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "tokenize dataset")
             case "$prev" in
                 --tokenizer|-t) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -232,7 +279,7 @@ _llmkit() {
             COMPREPLY=($(compgen -W "dataset show stats train vocab --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "")
-            COMPREPLY=($(compgen -W "completion env generate memory-estimate presets pretrain quantize quickstart tokenize --version --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "completion env generate memory-estimate presets pretrain quantize quickstart sft tokenize --version --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
     esac
 }

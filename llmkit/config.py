@@ -408,6 +408,56 @@ class PretrainConfig(TrainArgs, OptimArgs, DataArgs, ModelArgs):
                 "seq2seq": "seq2seq"}[self.objective]
 
 
+SFTFormat = Literal["auto", "alpaca", "messages", "sharegpt", "prompt-completion"]
+MultiTurn = Literal["all", "last", "expand"]
+
+
+@dataclass(frozen=True)
+class SFTConfig(TrainArgs, OptimArgs, DataArgs, ModelArgs):
+    """`llmkit sft`: loss only on the assistant replies (and their end-of-turn token) unless --train-on-prompt."""
+
+    preset_kind: ClassVar[str] = "sft"
+    objective: ClassVar[str] = "causal-lm"
+    lr: float = 2e-5                   # peak learning rate (fine-tuning: lower than pretraining)
+    format: SFTFormat = "auto"         # detected from the columns when auto
+    template: str | None = None        # a built-in chat template (chatml, plain); default: the tokenizer's own
+    chat_template: str | None = None   # a Jinja file; overrides --template and the tokenizer's template
+    multi_turn: MultiTurn = "all"      # all: every reply in one pass; last: only the final one; expand: one per reply
+    train_on_prompt: bool = False      # loss on every token (masking off)
+    messages_field: str | None = None  # default: messages, then conversations
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+    instruction_field: str = "instruction"
+    input_field: str = "input"
+    output_field: str = "output"
+    system_field: str = "system"
+    preview: int | None = None         # show N encoded examples and exit (nothing is trained)
+    check: bool = False                # lint data, template and tokenizer, then exit
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        self._model_problems(problems)
+        self._data_problems(problems)
+        self._optim_problems(problems)
+        self._train_problems(problems)
+        if self.preview is not None or self.check:
+            problems[:] = [p for p in problems if not p.startswith("--output-dir")]
+        if self.padding_free:
+            problems.append("sft --pack is already padding-free (position ids restart per example): drop "
+                            "--padding-free")
+        if self.template is not None and self.chat_template is not None:
+            problems.append("give one of --template NAME (built in) and --chat-template FILE")
+        if self.preview is not None and self.preview <= 0:
+            problems.append(f"--preview must be greater than 0 (got {self.preview})")
+        if self.preview is not None and self.check:
+            problems.append("give one of --preview N and --check")
+        validate(problems)
+
+    @property
+    def task(self) -> str:
+        return "causal-lm"
+
+
 GenerateTask = Literal["text-generation", "summarization", "translation", "fill-mask"]
 GenerateDtype = Literal["auto", "fp32", "fp16", "bf16"]
 GenerateDevice = Literal["auto", "cpu", "cuda"]

@@ -36,3 +36,29 @@ def write_jsonl(records: list[dict], path: Path) -> Path:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a paragraph; a sentence that introduces a grammar rule ends with '.' instead of ':'."""
+    sentence = re.split(r"(?<=[.:])\s", text.strip())[0]
+    return sentence[:-1] + "." if sentence.endswith(":") else sentence
+
+
+def qa_pairs() -> list[dict]:
+    """Question/answer pairs from the reference's statement topics, for `llmkit sft`: "What does the `for`
+    statement do?" -> the first sentence of that topic's first paragraph that names the statement."""
+    pairs, seen = [], set()
+    for text in topics().values():
+        parts = paragraphs(text)
+        match = re.match(r'The "(\w+)" statement \*+$', parts[0]) if parts else None
+        if match is None or match.group(1) in seen:
+            continue
+        name = match.group(1)
+        answer = next((first_sentence(p) for p in parts[1:] if "::=" not in p
+                       and (f'"{name}"' in p or name.capitalize() in p) and len(first_sentence(p).split()) >= 5),
+                      None)
+        if answer is None:
+            continue
+        seen.add(name)
+        pairs.append({"topic": name, "question": f"What does the `{name}` statement do?", "answer": answer})
+    return pairs

@@ -345,11 +345,11 @@ def load_spec(model: str, overrides: dict[str, int | None] | None = None) -> Mod
         if not config_path.is_file():
             raise ConfigError(f"--model {model}: the directory has no config.json",
                               hint="give a model directory written by save_pretrained, or a preset name")
-        spec = from_config_dict(_read_json(config_path), name=model, source="config")
+        fields, source = _read_json(config_path), "config"
     elif path.is_file():
-        spec = from_config_dict(_read_config_file(path), name=model, source="config")
+        fields, source = _read_config_file(path), "config"
     elif model in presets.list_presets(PRESET_KIND):
-        spec = from_config_dict(presets.load_preset(PRESET_KIND, model), name=model, source="preset")
+        fields, source = presets.load_preset(PRESET_KIND, model), "preset"
     elif "/" not in model or model.startswith((".", "/", "~")) or model.endswith((".json", ".yaml", ".yml")):
         import difflib
 
@@ -359,15 +359,14 @@ def load_spec(model: str, overrides: dict[str, int | None] | None = None) -> Mod
             f"presets: {', '.join(available)}; or give a dir/config.json, or a hub id as org/name"
         raise ConfigError(f"--model {model!r} is neither a local path nor a model preset", hint=hint)
     else:
-        spec = from_config_dict(_hub_config(model), name=model, source="hub")
-    return apply_overrides(spec, overrides or {})
+        fields, source = _hub_config(model), "hub"
+    # overrides go in before the fields are checked, so --vocab can supply a vocab_size the config lacks
+    return from_config_dict(_override_fields(fields, overrides or {}), name=model, source=source)
 
 
-def apply_overrides(spec: ModelSpec, overrides: dict[str, int | None]) -> ModelSpec:
+def _override_fields(fields: dict[str, Any], overrides: dict[str, int | None]) -> dict[str, Any]:
     given = {k: v for k, v in overrides.items() if v is not None}
-    if not given:
-        return spec
-    fields = dict(spec.config_fields)
+    fields = dict(fields)
     keys = {"layers": "num_hidden_layers", "hidden": "hidden_size", "heads": "num_attention_heads",
             "kv_heads": "num_key_value_heads", "vocab": "vocab_size", "intermediate": "intermediate_size"}
     for key, value in given.items():
@@ -376,8 +375,7 @@ def apply_overrides(spec: ModelSpec, overrides: dict[str, int | None]) -> ModelS
         fields[keys[key]] = value
     if "hidden" in given and "head_dim" in fields:
         fields.pop("head_dim")
-    rebuilt = from_config_dict(fields, name=spec.name, source=spec.source)
-    return dataclasses.replace(rebuilt, params_override=spec.params_override)
+    return fields
 
 
 def _read_json(path: Path) -> dict[str, Any]:

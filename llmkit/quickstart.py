@@ -1,6 +1,6 @@
 """`llmkit quickstart`: the life of a model, stage by stage, on the embedded corpus, in minutes on a CPU.
 
-Stages so far: tokenizer, pretrain, generate. Later stages (sft, adapters, merge, quantize) add themselves here.
+Stages so far: tokenizer, pretrain, sft, generate. Later stages (adapters, merge, quantize) add themselves here.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def run_quickstart(cfg: QuickstartConfig, reporter: Reporter | None = None) -> Q
     result.stages.append(_stage_tokenizer(cfg, out, train_path, train, held_out, reporter))
     pretrained = _stage_pretrain(cfg, out, train_path, out / "data" / "held_out.jsonl", reporter)
     result.stages.append(pretrained)
+    result.stages.append(_stage_sft(cfg, out, Path(pretrained.output), reporter))
     result.stages.append(_stage_generate(out, Path(pretrained.output), GENERATE_PROMPTS, reporter))
     result.seconds = round(time.perf_counter() - started, 3)
     return result
@@ -60,7 +61,7 @@ def _stage_tokenizer(cfg: QuickstartConfig, out: Path, train_path: Path, train: 
 
     from llmkit.tokenization import tokens_per_word, train_tokenizer
 
-    reporter.info("stage 1/3: train a byte-level BPE tokenizer")
+    reporter.info("stage 1/4: train a byte-level BPE tokenizer")
     started = time.perf_counter()
     vocab_size = min(cfg.vocab_size, 1024) if cfg.fast else cfg.vocab_size
     texts = [r["text"] for r in train]
@@ -90,7 +91,7 @@ def _stage_generate(out_dir: Path, model_dir: Path, prompts: list[str], reporter
     from llmkit.config import GenerateConfig
     from llmkit.generate import Generator
 
-    reporter.info("stage 3/3: generate from the trained model (greedy and sampled)")
+    reporter.info("stage 4/4: generate from the trained model (greedy and sampled)")
     started = time.perf_counter()
     cfg = GenerateConfig(model=str(model_dir), prompt=prompts[0] if prompts else "", max_new_tokens=40, seed=0,
                          repetition_penalty=1.1)
@@ -129,7 +130,7 @@ def _stage_pretrain(cfg: QuickstartConfig, out: Path, train_path: Path, held_out
     from llmkit.config import PretrainConfig
     from llmkit.training.pretrain import run_pretrain
 
-    reporter.info("stage 2/3: pretrain a tiny LLaMA-shaped causal LM from scratch")
+    reporter.info("stage 2/4: pretrain a tiny LLaMA-shaped causal LM from scratch")
     started = time.perf_counter()
     model = "tiny-llama"
     if cfg.fast:
@@ -158,3 +159,65 @@ def _stage_pretrain(cfg: QuickstartConfig, out: Path, train_path: Path, held_out
                  "held_out_perplexity_after": trained.perplexity,
                  "perplexity_fall": round(trained.initial_perplexity / trained.perplexity, 2),
                  "sparkline": trained.sparkline})
+
+
+# SFT: question/answer pairs from the reference's statement topics. The fast pipeline trains the first 8 and the
+# full one all of them; both ask the first 5 before and after.
+SFT_ORDER = ["global", "pass", "return", "try", "while", "if", "for", "with"]
+SFT_ASKED = 5
+
+
+def _stage_sft(cfg: QuickstartConfig, out: Path, model_dir: Path, reporter: Reporter) -> StageResult:
+    """`llmkit sft` of the pretrained model on question/answer pairs in ChatML; greedy answers before and after."""
+    import json
+
+    from llmkit.config import GenerateConfig, SFTConfig
+    from llmkit.data.sft import builtin_template
+    from llmkit.generate import Generator
+    from llmkit.training.sft import run_sft
+
+    reporter.info("stage 3/4: instruction-tune it on question/answer pairs (llmkit sft, ChatML, loss on answers)")
+    started = time.perf_counter()
+    pairs = {p["topic"]: p for p in corpus.qa_pairs()}
+    order = [t for t in SFT_ORDER if t in pairs] + sorted(t for t in pairs if t not in SFT_ORDER)
+    chosen = [pairs[t] for t in (order[:len(SFT_ORDER)] if cfg.fast else order)]
+    data = out / "data" / "qa.jsonl"
+    corpus.write_jsonl([{"messages": [{"role": "user", "content": p["question"]},
+                                      {"role": "assistant", "content": p["answer"]}]} for p in chosen], data)
+    template = out / "data" / "chatml.jinja"
+    template.write_text(builtin_template("chatml"), encoding="utf-8")
+    asked = chosen[:SFT_ASKED]
+
+    def answers(model: Path) -> list[str]:
+        generator = Generator(GenerateConfig(model=str(model), message="?", chat_template=str(template),
+                                             max_new_tokens=64), reporter)
+        gc = generator.generation_config(dict(do_sample=False, max_new_tokens=64), warn=False)
+        return [generator.complete(generator.render_messages([{"role": "user", "content": p["question"]}]),
+                                   chat=True, gc=gc).text.strip() for p in asked]
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        before = answers(model_dir)
+        sft_cfg = SFTConfig(model=str(model_dir), data=str(data), template="chatml", seq_len=128, batch_size=8,
+                            lr=5e-3 if cfg.fast else 2e-3, max_steps=80 if cfg.fast else 200, warmup_ratio=0.05, scheduler="cosine",
+                            logging_steps=10, save_steps=1000, seed=cfg.seed, output_dir=str(out / "sft"),
+                            overwrite=True)
+        trained = run_sft(sft_cfg, reporter=reporter)
+        after = answers(Path(trained.model_dir))
+    finally:
+        torch.set_num_threads(threads)
+    samples = [{"question": p["question"], "reference": p["answer"], "before": b, "after": a,
+                "reproduced": a.startswith(p["answer"])} for p, b, a in zip(asked, before, after)]
+    for s in samples:
+        reporter.info(f"  {s['question']}\n    before: {s['before'][:80]!r}\n    after:  {s['after'][:80]!r}"
+                      f"  ({'reproduces the reference' if s['reproduced'] else 'differs from the reference'})")
+    (out / "sft_answers.json").write_text(json.dumps(samples, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return StageResult(
+        name="sft", seconds=round(time.perf_counter() - started, 3), output=trained.model_dir,
+        summary={"pairs": len(chosen), "template": "chatml", "steps": trained.steps,
+                 "trained_tokens": trained.trained_tokens, "train_loss": trained.train_loss,
+                 "reproduced": sum(s["reproduced"] for s in samples), "asked": len(samples),
+                 "sparkline": trained.sparkline, "samples": samples})

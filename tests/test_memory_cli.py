@@ -100,3 +100,13 @@ def test_full_estimate_imports_nothing_heavy():
     code, heavy, _ = heavy_modules_after(["memory-estimate", "--model", "bloom-1b4", "--gpu-memory", "8GiB",
                                           "--plan", "--explain"])
     assert code == 0 and heavy == []
+
+
+def test_architecture_flags_fill_fields_a_config_lacks(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+                                "num_attention_heads": 4, "intermediate_size": 128}))
+    assert invoke("--model", str(path)).exit_code == 2
+    result = invoke("--model", str(path), "--vocab", "1000", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["assumptions"]["vocab"] == 1000

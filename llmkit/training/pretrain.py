@@ -203,6 +203,11 @@ def _run_pretrain(cfg: PretrainConfig, reporter: Reporter | None, callbacks: lis
     reporter = reporter or SilentReporter()
     started = time.perf_counter()
     warnings: list[str] = []
+    from llmkit.training import integrations
+
+    # the integrations' inputs are checked before any work: a bad --deepspeed JSON or a missing package fails here
+    ds_config = integrations.load_deepspeed_config(cfg.deepspeed) if cfg.deepspeed is not None else None
+    integrations.check_report_to(cfg.report_to)
     run = prepare_run_dir(cfg)
     from llmkit.training import rundir
 
@@ -268,10 +273,16 @@ def _run_pretrain(cfg: PretrainConfig, reporter: Reporter | None, callbacks: lis
 
     collator = make_collator(cfg, tokenizer, model)
     train_set, eval_set = RowDataset(train_rows), RowDataset(eval_rows) if eval_rows else None
+    if ds_config is not None:
+        integrations.quiet_deepspeed_warnings()
+        world = integrations.ensure_single_process_env()
+        if world:
+            reporter.info(world)
     args = t.training_arguments(cfg, run / rundir.CHECKPOINTS, eval_set is not None)
     reporter.info(f"{cfg.objective}: {type(model).__name__} with {total:,} parameters ({trainable:,} trainable); "
                   f"{len(train_set):,} training rows ({train_set.tokens:,} tokens)"
                   + (f", {len(eval_set):,} eval rows" if eval_set else ""))
+    forecast = memory_forecast(cfg, model, ds_config, args.device.type == "cuda", reporter)
     trainer = t.LlmkitTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                               data_collator=collator, processing_class=tokenizer,
                               compute_loss_func=make_loss(cfg.objective), objective=cfg.objective)
@@ -279,6 +290,8 @@ def _run_pretrain(cfg: PretrainConfig, reporter: Reporter | None, callbacks: lis
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    if cfg.report_to == "tensorboard":
+        trainer.add_callback(integrations.tensorboard_callback(run))
 
     initial = None
     if eval_set is not None and eval_before and resume_from is None:
@@ -310,8 +323,7 @@ def _run_pretrain(cfg: PretrainConfig, reporter: Reporter | None, callbacks: lis
 
         model_dir = run / rundir.MODEL
         with atomic_output_dir(model_dir, overwrite=True) as scratch:
-            trainer.model.save_pretrained(str(scratch), safe_serialization=True)
-            tokenizer.save_pretrained(str(scratch))
+            t.save_final_model(trainer, tokenizer, scratch)
 
     rows = rundir.read_metrics(metrics_file)
     train_curve = [(r["step"], r["loss"]) for r in rows if "loss" in r]
@@ -332,7 +344,10 @@ def _run_pretrain(cfg: PretrainConfig, reporter: Reporter | None, callbacks: lis
         "tokens_per_second": round(rate, 1), "wall_seconds": round(seconds, 3),
         "train_seconds": round(train_seconds, 3), "resumed_from": str(resume_from) if resume_from else None,
         "threads": torch.get_num_threads(), "device": str(args.device), **rundir.peak_memory(),
+        "deepspeed": None if ds_config is None else {"config": cfg.deepspeed,
+                                                     "zero_stage": integrations.zero_stage(ds_config)},
     }
+    manifest["memory"] = memory_record(forecast, manifest)
     rundir.write_json(run / rundir.MANIFEST, manifest)
     losses = [loss for _, loss in train_curve]
     files = {"resolved_config": str(run / "resolved_config.yaml"), "metrics": str(metrics_file),
@@ -356,6 +371,52 @@ def _run_pretrain(cfg: PretrainConfig, reporter: Reporter | None, callbacks: lis
     if callback.interrupted:
         raise TrainingInterrupted(result)
     return result
+
+
+def memory_forecast(cfg: PretrainConfig, model, ds_config, on_gpu: bool, reporter: Reporter):
+    """memory-estimate's peak for this run, reported before training; when it cannot be made (an architecture
+    llmkit.modelspec cannot size), a warning and the reason (a str) instead: the forecast never stops a run."""
+    from llmkit.errors import LlmkitError
+    from llmkit.training.integrations import memory_forecast as forecast
+
+    try:
+        est, spec = forecast(cfg, model, ds_config, on_gpu)
+    except Exception as exc:  # noqa: BLE001 - the forecast is advice: it never stops a run
+        reason = exc.message if isinstance(exc, LlmkitError) else f"{type(exc).__name__}: {exc}"
+        reporter.warn(f"no memory estimate for this run: {reason} (training goes on)")
+        return reason
+    d = est.per_device
+    where = "per GPU" if on_gpu else "on CPU, without the runtime overhead (--overhead 0)"
+    approx = f"; {spec.approximated}" if spec.approximated else ""
+    reporter.info(f"expected peak memory (memory-estimate) {_size(d['total'])} {where}: weights {_size(d['weights'])}, "
+                  f"gradients {_size(d['gradients'])}, optimizer {_size(d['optimizer'])}, "
+                  f"activations {_size(d['activations'])}, peak in {est.peak_phase}{approx}")
+    return est
+
+
+def memory_record(est, manifest: dict) -> dict:
+    """manifest.json's memory block: memory-estimate's forecast next to what the run measured."""
+    on_gpu = manifest.get("peak_gpu_allocated_bytes") is not None
+    measured_key = "peak_gpu_allocated_bytes" if on_gpu else "peak_rss_bytes"
+    skipped, est = (est, None) if isinstance(est, str) else (None, est)
+    record = {
+        "estimated_peak_bytes": None if est is None else int(est.per_device["total"]),
+        "estimated": None if est is None else {k: int(v) for k, v in est.per_device.items()},
+        "estimated_peak_phase": None if est is None else est.peak_phase,
+        "estimate_overhead": "memory-estimate default" if on_gpu else "0 (CPU: tensors only)",
+        "estimate_skipped": skipped,
+        "measured_peak_bytes": manifest.get(measured_key),
+        "measured": ("torch.cuda.max_memory_allocated" if on_gpu
+                     else "process peak RSS (includes the Python, torch and library code and data)"),
+    }
+    return record
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{int(n)} B"
 
 
 class TrainingInterrupted(KeyboardInterrupt):

@@ -35,16 +35,10 @@ def training_arguments(cfg, checkpoints_dir: Path, has_eval: bool) -> TrainingAr
                               hint="pip install bitsandbytes, or use --optimizer adamw / adafactor") from None
     deepspeed = None
     if cfg.deepspeed is not None:
-        path = Path(cfg.deepspeed).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"--deepspeed {path}: no such file", hint="give a DeepSpeed JSON config")
-        import json
+        from llmkit.training.integrations import load_deepspeed_config
 
-        try:
-            json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"--deepspeed {path} is not valid JSON: {exc}", hint="fix the file") from None
-        deepspeed = str(path)
+        load_deepspeed_config(cfg.deepspeed)   # checked (again) here for callers that skip run_pretrain's check
+        deepspeed = str(Path(cfg.deepspeed).expanduser())
     return TrainingArguments(
         output_dir=str(checkpoints_dir),
         per_device_train_batch_size=cfg.batch_size,
@@ -73,7 +67,7 @@ def training_arguments(cfg, checkpoints_dir: Path, has_eval: bool) -> TrainingAr
         logging_first_step=True,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        report_to=[],   # --report-to tensorboard: the run adds its own callback, writing to RUN/tensorboard
         deepspeed=deepspeed,
         use_cpu=not cuda,
         disable_tqdm=True,
@@ -159,6 +153,18 @@ class LlmkitTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+
+def save_final_model(trainer: Trainer, tokenizer, path: Path) -> None:
+    """The trained model (safetensors) and tokenizer, loadable with from_pretrained. Under DeepSpeed the Trainer
+    gathers the weights (ZeRO-3 needs stage3_gather_16bit_weights_on_model_save, which load_deepspeed_config checks);
+    otherwise the model saves itself."""
+    if trainer.is_deepspeed_enabled:
+        trainer.save_model(str(path))
+        (Path(path) / "training_args.bin").unlink(missing_ok=True)
+    else:
+        trainer.model.save_pretrained(str(path), safe_serialization=True)
+    tokenizer.save_pretrained(str(path))
 
 
 def perplexity(loss: float) -> float:

@@ -1,0 +1,167 @@
+"""The Trainer integrations llmkit passes through: DeepSpeed (--deepspeed) and TensorBoard (--report-to), plus the
+memory-estimate forecast printed before training.
+
+The checks here run before any work (no model, no data, no run directory) and stay light: no torch import.
+
+DeepSpeed in one process: DeepSpeed always initialises torch.distributed. A launcher (`deepspeed`, `torchrun`,
+`accelerate launch`) sets RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; a plain `llmkit pretrain --deepspeed`
+has none of them, and DeepSpeed would then try MPI discovery (and fail without mpi4py). So when none of RANK,
+LOCAL_RANK and WORLD_SIZE is set and torch.distributed is not initialised, llmkit sets a one-process world for the
+rest of the process: RANK=0, LOCAL_RANK=0, WORLD_SIZE=1, MASTER_ADDR=127.0.0.1 (unless set) and MASTER_PORT (a free
+port, unless set). Anything a launcher set is left alone.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import ConfigError
+
+ZERO_STAGES = (0, 1, 2, 3)
+TENSORBOARD_DIR = "tensorboard"
+
+
+# --------------------------------------------------------------------------------------------------- DeepSpeed
+
+def load_deepspeed_config(path_text: str) -> dict[str, Any]:
+    """Read and check a --deepspeed JSON: a file, a JSON object, a known ZeRO stage, a whole model at the end.
+
+    Raises ConfigError (exit 2) for each problem, before any work is done.
+    """
+    path = Path(path_text).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"--deepspeed {path}: no such file", hint="give a DeepSpeed JSON config")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--deepspeed {path} is not valid JSON: {exc}", hint="fix the file") from None
+    except OSError as exc:
+        raise ConfigError(f"--deepspeed {path}: cannot read it: {exc}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"--deepspeed {path} must hold a JSON object, not a {type(config).__name__}",
+                          hint='e.g. {"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": "auto"}')
+    zero = config.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        raise ConfigError(f"--deepspeed {path}: zero_optimization must be an object",
+                          hint='e.g. "zero_optimization": {"stage": 2}')
+    stage = zero.get("stage", 0)
+    if isinstance(stage, bool) or stage not in ZERO_STAGES:
+        raise ConfigError(f"--deepspeed {path}: zero_optimization.stage {stage!r} is not a ZeRO stage",
+                          hint="use 0, 1, 2 or 3")
+    if stage == 3 and zero.get("stage3_gather_16bit_weights_on_model_save") is not True:
+        raise ConfigError(f"--deepspeed {path}: ZeRO-3 partitions the weights, so the final model would not be whole",
+                          hint='add "stage3_gather_16bit_weights_on_model_save": true to zero_optimization')
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError("--deepspeed needs the deepspeed package, which is not installed",
+                          hint="DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed")
+    return config
+
+
+def zero_stage(config: dict[str, Any] | None) -> int:
+    return int((config or {}).get("zero_optimization", {}).get("stage", 0)) if config else 0
+
+
+def zero_offload(config: dict[str, Any] | None) -> str:
+    """memory-estimate's --offload for a DeepSpeed config: none | optimizer | optimizer+params."""
+    zero = (config or {}).get("zero_optimization", {})
+
+    def on_cpu(key: str) -> bool:
+        part = zero.get(key)
+        return isinstance(part, dict) and part.get("device") in ("cpu", "nvme")
+
+    if on_cpu("offload_param"):
+        return "optimizer+params"
+    return "optimizer" if on_cpu("offload_optimizer") else "none"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_single_process_env() -> str | None:
+    """Set a one-process torch.distributed world when no launcher did (see the module docstring).
+
+    Returns a line saying what was set, or None when a launcher's (or an earlier run's) settings are in place.
+    """
+    if any(os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")):
+        return None
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return None
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if not os.environ.get("MASTER_PORT"):
+        os.environ["MASTER_PORT"] = str(_free_port())
+    return (f"DeepSpeed without a launcher: running as a one-process world (RANK=0 WORLD_SIZE=1, "
+            f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}); use `deepspeed` or `accelerate launch` "
+            f"for more processes")
+
+
+def quiet_deepspeed_warnings() -> None:
+    """DeepSpeed 0.19 calls torch.distributed collectives that torch 2.13 deprecates: one FutureWarning per step."""
+    import warnings
+
+    deprecated = r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated"
+    warnings.filterwarnings("ignore", message=deprecated, category=FutureWarning)
+
+
+# ------------------------------------------------------------------------------------------------- TensorBoard
+
+def check_report_to(report_to: str) -> None:
+    """--report-to tensorboard needs a SummaryWriter: tensorboard (torch.utils.tensorboard) or tensorboardX."""
+    if report_to != "tensorboard":
+        return
+    if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+        raise ConfigError("--report-to tensorboard needs the tensorboard package, which is not installed",
+                          hint="pip install tensorboard (or tensorboardX), or use --report-to none; the same "
+                               "numbers are in metrics.jsonl")
+
+
+def tensorboard_callback(run_dir: Path):
+    """transformers' TensorBoardCallback writing its event files to RUN_DIR/tensorboard (not under checkpoints/)."""
+    from transformers.integrations import TensorBoardCallback
+
+    log_dir = run_dir / TENSORBOARD_DIR
+    before = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(log_dir)   # the callback's documented way to choose the dir
+    try:
+        return TensorBoardCallback()
+    finally:
+        if before is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+        else:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = before
+
+
+# ----------------------------------------------------------------------------------------------- memory estimate
+
+def memory_forecast(cfg, model, ds_config: dict[str, Any] | None, on_gpu: bool):
+    """memory-estimate for this run (the built model's config, its batch, optimizer, levers and ZeRO stage).
+
+    Returns (estimate, spec). Raises LlmkitError when llmkit.modelspec cannot size the architecture.
+    """
+    from llmkit.config import MemoryEstimateConfig
+    from llmkit.memory import estimate
+    from llmkit.modelspec import from_config_dict
+
+    fields = model.config.to_dict()
+    spec = from_config_dict(fields, name=str(cfg.model), source="config")
+    attention = getattr(model.config, "_attn_implementation", None)
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    mem_cfg = MemoryEstimateConfig(
+        model=str(cfg.model), mode="train", task=cfg.task, precision="fp32", mixed_precision=cfg.mixed_precision,
+        optimizer=cfg.optimizer, freeze_base=cfg.freeze_base, trainable_layers=cfg.trainable_layers,
+        batch_size=cfg.batch_size, seq_len=cfg.seq_len, grad_accum=cfg.grad_accum,
+        grad_checkpointing=cfg.grad_checkpointing,
+        attention="flash" if str(attention).startswith("flash") else "eager" if attention == "eager" else "sdpa",
+        zero=zero_stage(ds_config), offload=zero_offload(ds_config), gpus=max(world, 1), nodes=1,
+        overhead=None if on_gpu else "0")
+    return estimate(mem_cfg, spec=spec, with_plans=False), spec

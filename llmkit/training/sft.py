@@ -1,0 +1,449 @@
+"""`llmkit sft`: supervised fine-tuning on instructions or conversations, through the shared training core.
+
+Loss only on the assistant replies (their end-of-turn / eos token included) unless --train-on-prompt; padding is
+masked by attention, never by token id, so the eos stays trained when pad == eos. --pack concatenates examples into
+blocks (best-fit decreasing) whose position ids restart per example: no example attends to another, and the loss is
+the unpacked one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from llmkit.config import SFTConfig
+from llmkit.configio import dump_yaml
+from llmkit.data import sft as sftdata
+from llmkit.errors import ConfigError
+from llmkit.training.objectives import NUM_TOKENS, _Collator
+from llmkit.ui import Reporter, SilentReporter
+
+
+# -------------------------------------------------------------------------------------------------- collators
+
+class SFTCollator(_Collator):
+    """Right padding; labels -100 on padding (by position: pad may equal eos)."""
+
+    def __call__(self, features: list[dict]) -> dict:
+        ids = [list(f["input_ids"]) for f in features]
+        input_ids = self._pad(ids, self.pad_id)
+        attention_mask = self._pad([[1] * len(s) for s in ids], 0)
+        labels = self._pad([list(f["labels"]) for f in features], sftdata.IGNORE)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+                NUM_TOKENS: int(attention_mask.sum())}
+
+
+class PackedSFTCollator(_Collator):
+    """Packed blocks, one row each: position ids restart per example, so transformers builds a block-diagonal causal
+    mask (no attention across examples; only without a KV cache, hence use_cache=False). A block shorter than the
+    longest in the batch is topped up with pad tokens that form their own segment (positions from 0, label -100): no
+    attention mask is passed, and no real token attends to them. Attention stays per block (seq_len^2), not per
+    flattened batch. The first token of each example is never a target (it would be predicted from the previous
+    example)."""
+
+    def __call__(self, features: list[dict]) -> dict:
+        width = max(len(f["input_ids"]) for f in features)
+        ids, positions, labels = [], [], []
+        for f in features:
+            tail = width - len(f["input_ids"])
+            ids.append(list(f["input_ids"]) + [self.pad_id] * tail)
+            positions.append(list(f["position_ids"]) + list(range(tail)))
+            labels.append(list(f["labels"]) + [sftdata.IGNORE] * tail)
+        input_ids = torch.as_tensor(ids, dtype=torch.long)
+        position_ids = torch.as_tensor(positions, dtype=torch.long)
+        labels = torch.as_tensor(labels, dtype=torch.long).masked_fill(position_ids == 0, sftdata.IGNORE)
+        return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels, "use_cache": False,
+                NUM_TOKENS: sum(len(f["input_ids"]) for f in features)}
+
+
+def check_packing_support(model) -> None:
+    import inspect
+
+    name = type(model).__name__
+    if "position_ids" not in inspect.signature(model.forward).parameters:
+        raise ConfigError(f"--pack needs a model that takes position_ids (to restart them per example); {name} "
+                          "does not", hint="drop --pack (examples are then padded per batch)")
+    impl = getattr(model.config, "_attn_implementation", None) or "eager"
+    if impl not in ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"):
+        raise ConfigError(f"--pack: {name} uses attention '{impl}', which cannot keep packed examples apart",
+                          hint="drop --pack")
+
+
+# ------------------------------------------------------------------------------------------------------ results
+
+@dataclass
+class SFTResult:
+    output_dir: str
+    model_dir: str | None
+    status: str
+    format: str
+    template: str
+    multi_turn: str
+    packed: bool
+    steps: int
+    epochs: float
+    examples: int
+    dropped: dict[str, int]
+    truncated: int
+    train_rows: int
+    eval_rows: int
+    parameters: int
+    trainable_parameters: int
+    train_loss: float | None
+    eval_loss: float | None
+    initial_eval_loss: float | None
+    trained_tokens: int                  # tokens with a label, per epoch of the training examples
+    tokens: int                          # non-pad tokens processed in this run
+    tokens_per_second: float
+    trained_tokens_per_second: float
+    seconds: float
+    resumed_from: str | None
+    checkpoint: str | None
+    loss_curve: list[float] = field(default_factory=list)
+    sparkline: str = ""
+    files: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PreviewExample:
+    row: int
+    input_ids: list[int]
+    labels: list[int]
+    tokens: list[str]                    # each token decoded
+
+
+@dataclass
+class CheckFinding:
+    check: str
+    level: str                           # "error", "warning" or "info"
+    message: str
+
+
+@dataclass
+class CheckResult:
+    ok: bool                             # no finding at level error
+    format: str
+    template: str
+    examples: int
+    trained_tokens: int
+    dropped: dict[str, int]
+    findings: list[CheckFinding] = field(default_factory=list)
+
+
+# -------------------------------------------------------------------------------------------------- tokenizer
+
+def _tokenizer(cfg: SFTConfig):
+    from llmkit.modeling import load_tokenizer
+
+    return load_tokenizer(cfg.tokenizer or cfg.model, trust_remote_code=cfg.trust_remote_code)
+
+
+def _prepare(cfg: SFTConfig, tokenizer) -> tuple[str, str, list[str]]:
+    name, template = sftdata.resolve_template(cfg, tokenizer)
+    added = sftdata.prepare_tokenizer(tokenizer, name)
+    return name, template, added
+
+
+def preview_sft(cfg: SFTConfig, warn=None) -> list[PreviewExample]:
+    """The first --preview N encoded examples; nothing is trained, no model is loaded. Warnings go to `warn`."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    tokenizer = _tokenizer(cfg)
+    name, template, _ = _prepare(cfg, tokenizer)
+    encoded = sftdata.encode_source(cfg, tokenizer, name, template, cfg.data, limit=cfg.preview)
+    for warning in encoded.warnings:
+        if warn is not None:
+            warn(warning)
+    return [PreviewExample(row=e.row, input_ids=e.input_ids, labels=e.labels,
+                           tokens=[tokenizer.decode([i]) for i in e.input_ids])
+            for e in encoded.examples[:cfg.preview]]
+
+
+def check_sft(cfg: SFTConfig) -> CheckResult:
+    """Lints before training: pad == eos, the end-of-turn token against eos and generation_config, a double BOS,
+    truncation that cuts every answer, examples with no trained token, padding side."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    tokenizer = _tokenizer(cfg)
+    name, template, added = _prepare(cfg, tokenizer)
+    encoded = sftdata.encode_source(cfg, tokenizer, name, template, cfg.data, require=False)
+    findings: list[CheckFinding] = []
+
+    def add(check: str, level: str, message: str) -> None:
+        findings.append(CheckFinding(check, level, message))
+
+    eos, pad, bos = tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id
+    if pad is not None and pad == eos:
+        eos_trained = any(eos in e.labels for e in encoded.examples)
+        add("pad_eos", "info" if eos_trained or encoded.end_token_id != eos else "error",
+            f"pad == eos ({tokenizer.eos_token!r}): llmkit masks padding by attention, not by id, so the eos that "
+            "ends each answer stays trained" + ("" if eos_trained or encoded.end_token_id != eos else
+                                                 " -- but no trained eos was found in the examples"))
+    end = encoded.end_token_id
+    gen_eos = _generation_eos(cfg)
+    if end is None:
+        if encoded.examples:
+            add("end_token", "error", "the template ends an assistant reply with no special token (no end-of-turn "
+                "or eos), so the model cannot learn where an answer stops")
+    else:
+        end_text = tokenizer.convert_ids_to_tokens(end)
+        stops = ({eos} if eos is not None else set()) | set(gen_eos)
+        if end not in stops:
+            add("end_token", "warning",
+                f"the template ends a reply with {end_text!r} (id {end}), which is neither the tokenizer's eos "
+                f"({tokenizer.eos_token!r}) nor in generation_config's eos_token_id {sorted(gen_eos) or 'none'}: "
+                "generation would not stop there; llmkit sft adds it to the saved generation_config")
+        else:
+            add("end_token", "info", f"replies end with {end_text!r} (id {end}), a stop token for generation")
+    if added:
+        add("added_tokens", "info", f"the template's tokens {', '.join(added)} are not in the vocabulary: they are "
+            "added and the embeddings grow (new rows start untrained)")
+    if bos is not None and encoded.examples:
+        ids = encoded.examples[0].input_ids
+        if ids[:2] == [bos, bos]:
+            add("double_bos", "error", f"the rendered example starts with two BOS tokens ({tokenizer.bos_token!r})")
+        else:
+            text = sftdata.render(tokenizer, template, [{"role": "user", "content": "hi"},
+                                                        {"role": "assistant", "content": "hello"}], False,
+                                  "a probe conversation")
+            with_specials = tokenizer(text, add_special_tokens=True)["input_ids"]
+            if with_specials[:2] == [bos, bos]:
+                add("double_bos", "warning", f"the template already writes {tokenizer.bos_token!r} and the tokenizer "
+                    "adds another when tokenizing with special tokens: a double BOS; llmkit sft tokenizes the "
+                    "rendered text without added special tokens (as `llmkit generate` does), other tools may not")
+    cut = encoded.dropped.get("every answer token cut by --seq-len", 0)
+    if cut:
+        level = "error" if not encoded.examples else "warning"
+        add("truncation", level, f"--seq-len {cfg.seq_len} cuts every answer token of {cut:,} example(s)"
+            + (" (all of them)" if not encoded.examples else "") + "; raise --seq-len")
+    if encoded.truncated:
+        add("truncation", "info", f"{encoded.truncated:,} example(s) are cut to --seq-len {cfg.seq_len} "
+            "(their answers partly)")
+    untrained = sum(n for why, n in encoded.dropped.items() if why != "every answer token cut by --seq-len")
+    if untrained:
+        add("no_trained_token", "warning" if encoded.examples else "error",
+            f"{untrained:,} example(s) have no token to train on and are dropped "
+            f"({', '.join(f'{n:,} {why}' for why, n in encoded.dropped.items())})")
+    if tokenizer.padding_side == "left":
+        add("padding_side", "warning", "the tokenizer pads on the left; llmkit sft pads training batches on the "
+            "right (masks by attention), and saves the tokenizer as it is: left padding suits batched generation")
+    for warning in encoded.warnings:
+        add("data", "warning", warning)
+    return CheckResult(ok=not any(f.level == "error" for f in findings), format=encoded.format, template=name,
+                       examples=len(encoded.examples), trained_tokens=encoded.trained_tokens,
+                       dropped=encoded.dropped, findings=findings)
+
+
+def _generation_eos(cfg: SFTConfig) -> set[int]:
+    path = Path(cfg.model).expanduser() / "generation_config.json"
+    if not path.is_file():
+        return set()
+    value = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+    return set(value) if isinstance(value, list) else ({value} if value is not None else set())
+
+
+# ------------------------------------------------------------------------------------------------------- train
+
+def run_sft(cfg: SFTConfig, reporter: Reporter | None = None) -> SFTResult:
+    with contextlib.redirect_stdout(sys.stderr):
+        return _run_sft(cfg, reporter or SilentReporter())
+
+
+def _run_sft(cfg: SFTConfig, reporter: Reporter) -> SFTResult:
+    started = time.perf_counter()
+    warnings: list[str] = []
+    from llmkit.training import rundir
+    from llmkit.training import trainer as t
+    from llmkit.training.data import RowDataset, split_eval
+    from llmkit.training.objectives import make_loss
+    from llmkit.training.pretrain import (TrainingInterrupted, build_scratch_model, load_model_and_tokenizer,
+                                          prepare_run_dir)
+
+    from llmkit.training import integrations   # shared with pretrain: DeepSpeed config, --report-to, saving
+
+    ds_config = integrations.load_deepspeed_config(cfg.deepspeed) if cfg.deepspeed is not None else None
+    integrations.check_report_to(cfg.report_to)
+    run = prepare_run_dir(cfg)
+    resume_from = rundir.resume_checkpoint(run, cfg.resume, reporter.warn) if cfg.resume else None
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    transformers.set_seed(cfg.seed)
+    model, tokenizer, fields = load_model_and_tokenizer(cfg)
+    name, template, added = _prepare(cfg, tokenizer)
+    if added:
+        warnings.append(f"added the template's tokens {', '.join(added)} to the tokenizer (embeddings grow)")
+
+    encoded = sftdata.encode_source(cfg, tokenizer, name, template, cfg.data)
+    warnings.extend(encoded.warnings)
+    train_examples, eval_examples = encoded.examples, None
+    if cfg.eval_split is not None:
+        train_examples, eval_examples = split_eval(encoded.examples, cfg.eval_split, cfg.seed)
+    elif cfg.eval_data:
+        eval_encoded = sftdata.encode_source(cfg, tokenizer, name, template, cfg.eval_data)
+        warnings.extend(eval_encoded.warnings)
+        eval_examples = eval_encoded.examples
+
+    if model is None:
+        model = build_scratch_model(cfg, fields, tokenizer)
+    elif len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    if cfg.grad_checkpointing and not model.supports_gradient_checkpointing:
+        raise ConfigError(f"{type(model).__name__} does not support --grad-checkpointing",
+                          hint="drop --grad-checkpointing")
+    if cfg.pack:
+        check_packing_support(model)
+
+    def rows(examples):
+        if cfg.pack:
+            return sftdata.pack_examples(examples, cfg.seq_len)
+        return [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
+
+    t.apply_freezing(model, cfg.freeze_base, cfg.trainable_layers)
+    total, trainable = t.parameter_counts(model)
+    if trainable == 0:
+        raise ConfigError("no parameter is left to train", hint="drop --freeze-base / --trainable-layers")
+
+    # every input problem has been reported: only now touch the run directory
+    if cfg.overwrite and run.is_dir():
+        shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "resolved_config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+    metrics_file = run / rundir.METRICS
+    if resume_from is not None:
+        state = json.loads((resume_from / "trainer_state.json").read_text(encoding="utf-8"))
+        rundir.truncate_metrics(metrics_file, int(state["global_step"]))
+    else:
+        metrics_file.write_text("", encoding="utf-8")
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    collator = PackedSFTCollator(pad) if cfg.pack else SFTCollator(pad)
+    train_set = RowDataset(rows(train_examples))
+    eval_set = RowDataset([{"input_ids": e.input_ids, "labels": e.labels} for e in eval_examples]) \
+        if eval_examples else None
+    if ds_config is not None:
+        integrations.quiet_deepspeed_warnings()
+        world = integrations.ensure_single_process_env()
+        if world:
+            reporter.info(world)
+    args = t.training_arguments(cfg, run / rundir.CHECKPOINTS, eval_set is not None)
+    trained_tokens = sum(e.trained for e in train_examples)
+    reporter.info(f"sft ({encoded.format}, template {name}, multi-turn {cfg.multi_turn}): {type(model).__name__} "
+                  f"with {total:,} parameters ({trainable:,} trainable); {len(train_examples):,} examples, "
+                  f"{trained_tokens:,} trained of {sum(len(e.input_ids) for e in train_examples):,} tokens"
+                  + (f" in {len(train_set):,} packed blocks" if cfg.pack else ""))
+    trainer = t.LlmkitTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                              data_collator=collator, processing_class=tokenizer,
+                              compute_loss_func=make_loss("causal-lm"), objective="causal-lm")
+    if eval_set is not None:   # evaluation pads (one loop for both modes)
+        trainer.get_eval_dataloader = _padded_eval_loader(trainer, eval_set, pad)
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if cfg.report_to == "tensorboard":
+        trainer.add_callback(integrations.tensorboard_callback(run))
+    initial = None
+    if eval_set is not None and resume_from is None:
+        initial, _ = t.evaluate_loss(model, trainer.get_eval_dataloader(), True, args.device)
+        rundir.append_metrics(metrics_file, {"step": 0, "eval_loss": round(initial, 6),
+                                             "perplexity": round(t.perplexity(initial), 4)})
+        reporter.info(f"before training: eval loss {initial:.4f}")
+
+    steps_hint = trainer.args.max_steps if trainer.args.max_steps > 0 else None
+    with reporter.progress("training", total=steps_hint) as advance:
+        callback = t.RunCallback(run, collator, reporter, advance)
+        trainer.add_callback(callback)
+        collator.tokens_seen = 0
+        train_started = time.perf_counter()
+        with t.checkpoint_on_interrupt(callback):
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        train_seconds = time.perf_counter() - train_started
+
+    final_eval = None
+    status = "interrupted" if callback.interrupted else "completed"
+    if not callback.interrupted and eval_set is not None:
+        final_eval = trainer.evaluate()["eval_loss"]
+    saved = rundir.checkpoints(run)
+    model_dir = None
+    if not callback.interrupted:
+        from llmkit.outputs import atomic_output_dir
+
+        model_dir = run / rundir.MODEL
+        tokenizer.chat_template = template          # `llmkit generate` renders with the template trained on
+        stops = [i for i in (encoded.end_token_id, tokenizer.eos_token_id) if i is not None]
+        gc = trainer.model.generation_config
+        if stops:
+            gc.eos_token_id = sorted(set(stops), key=stops.index) if len(set(stops)) > 1 else stops[0]
+        if gc.pad_token_id is None and tokenizer.pad_token_id is not None:
+            gc.pad_token_id = tokenizer.pad_token_id
+        with atomic_output_dir(model_dir, overwrite=True) as scratch:
+            t.save_final_model(trainer, tokenizer, scratch)
+
+    metric_rows = rundir.read_metrics(metrics_file)
+    train_curve = [(r["step"], r["loss"]) for r in metric_rows if "loss" in r]
+    eval_curve = [(r["step"], r["eval_loss"]) for r in metric_rows if "eval_loss" in r]
+    rundir.write_loss_png(run / rundir.CURVE, train_curve, eval_curve)
+    tokens = collator.tokens_seen
+    epochs_done = float(trainer.state.epoch or 0.0)
+    trained_seen = trained_tokens * epochs_done
+    rate = tokens / train_seconds if train_seconds > 0 else 0.0
+    trained_rate = trained_seen / train_seconds if train_seconds > 0 else 0.0
+    seconds = time.perf_counter() - started
+    manifest = {
+        "command": "llmkit sft", "status": status, "versions": rundir.library_versions(),
+        "data": {"source": cfg.data, "fingerprint": rundir.fingerprint(cfg.data), "format": encoded.format,
+                 "template": name, "examples": len(train_examples), "dropped": encoded.dropped,
+                 "truncated": encoded.truncated, "trained_tokens": trained_tokens, "train_rows": len(train_set),
+                 "eval_source": cfg.eval_data or (f"{cfg.eval_split:g} of --data" if cfg.eval_split else None),
+                 "eval_rows": len(eval_set) if eval_set else 0},
+        "model": {"class": type(trainer.model).__name__, "parameters": total, "trainable_parameters": trainable},
+        "steps": trainer.state.global_step, "tokens_trained_this_run": tokens,
+        "tokens_per_second": round(rate, 1), "trained_tokens_per_second": round(trained_rate, 1),
+        "wall_seconds": round(seconds, 3), "train_seconds": round(train_seconds, 3),
+        "resumed_from": str(resume_from) if resume_from else None,
+        "threads": torch.get_num_threads(), "device": str(args.device), **rundir.peak_memory(),
+    }
+    rundir.write_json(run / rundir.MANIFEST, manifest)
+    losses = [loss for _, loss in train_curve]
+    files = {"resolved_config": str(run / "resolved_config.yaml"), "metrics": str(metrics_file),
+             "loss_curve": str(run / rundir.CURVE), "manifest": str(run / rundir.MANIFEST),
+             "checkpoints": str(run / rundir.CHECKPOINTS)}
+    if model_dir is not None:
+        files["model"] = str(model_dir)
+    result = SFTResult(
+        output_dir=str(run), model_dir=str(model_dir) if model_dir else None, status=status, format=encoded.format,
+        template=name, multi_turn=cfg.multi_turn, packed=cfg.pack, steps=trainer.state.global_step,
+        epochs=round(epochs_done, 4), examples=len(train_examples), dropped=encoded.dropped,
+        truncated=encoded.truncated, train_rows=len(train_set), eval_rows=len(eval_set) if eval_set else 0,
+        parameters=total, trainable_parameters=trainable, train_loss=losses[-1] if losses else None,
+        eval_loss=None if final_eval is None else round(final_eval, 6),
+        initial_eval_loss=None if initial is None else round(initial, 6), trained_tokens=trained_tokens,
+        tokens=tokens, tokens_per_second=round(rate, 1), trained_tokens_per_second=round(trained_rate, 1),
+        seconds=round(seconds, 3), resumed_from=str(resume_from) if resume_from else None,
+        checkpoint=str(saved[-1]) if saved else None, loss_curve=losses, sparkline=rundir.sparkline(losses),
+        files=files, warnings=warnings)
+    if callback.interrupted:
+        raise TrainingInterrupted(result)
+    return result
+
+
+def _padded_eval_loader(trainer, eval_set, pad: int):
+    from torch.utils.data import DataLoader
+
+    def loader(eval_dataset=None):
+        return DataLoader(eval_dataset or eval_set, batch_size=trainer.args.per_device_eval_batch_size,
+                          collate_fn=SFTCollator(pad), shuffle=False)
+
+    return loader
