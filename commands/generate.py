@@ -22,7 +22,7 @@ def _opt(*names: str, help: str, panel: str = HELP_PANEL_DECODING):
 
 def register(app: typer.Typer) -> None:
     app.command("generate", epilog=examples(
-        'llmkit generate --model runs/quickstart/model --prompt "The for statement" --max-new-tokens 40',
+        'llmkit generate --model runs/quickstart/pretrain/model --prompt "The for statement" --max-new-tokens 40',
         'llmkit generate --model ./chat-model --message "Explain list comprehensions." --do-sample '
         '--temperature 0.7 --top-p 0.9 --seed 1 --json',
         "llmkit generate --model ./chat-model --adapter runs/sft/adapter --chat --system \"Be brief.\"",

@@ -37,7 +37,8 @@ TemplateOpt = Annotated[Optional[str], _opt("--template", "A built-in chat templ
                                             "tokenizer's own).")]
 ChatTemplateOpt = Annotated[Optional[Path], _opt("--chat-template", "A Jinja chat template file.")]
 MultiTurnOpt = Annotated[Optional[str], _opt("--multi-turn", "all (every reply, one pass) | last (only the final "
-                                             "reply) | expand (one example per reply). Default all.")]
+                                             "reply; past --seq-len the earliest context is cut, the reply kept "
+                                             "whole) | expand (one example per reply). Default all.")]
 TrainOnPromptOpt = Annotated[Optional[bool], _opt("--train-on-prompt", "Loss on every token (masking off).")]
 SftPackOpt = Annotated[Optional[bool], _opt("--pack", "Pack examples into --seq-len blocks without attention across "
                                             "examples (padding-free; position ids restart per example).")]

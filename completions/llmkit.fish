@@ -158,7 +158,7 @@ complete -c llmkit -n '__fish_seen_subcommand_from sft' -l data -r -F -d 'Traini
 complete -c llmkit -n '__fish_seen_subcommand_from sft' -l format -r -F -d 'auto | alpaca | messages | sharegpt | prompt-completion (default: detected from the columns).'
 complete -c llmkit -n '__fish_seen_subcommand_from sft' -l template -r -F -d 'A built-in chat template: chatml | plain (default: the tokenizers own).'
 complete -c llmkit -n '__fish_seen_subcommand_from sft' -l chat-template -r -F -d 'A Jinja chat template file.'
-complete -c llmkit -n '__fish_seen_subcommand_from sft' -l multi-turn -r -F -d 'all (every reply, one pass) | last (only the final reply) | expand (one example per reply). Default all.'
+complete -c llmkit -n '__fish_seen_subcommand_from sft' -l multi-turn -r -F -d 'all (every reply, one pass) | last (only the final reply; past --seq-len the earliest context is cut, the reply kept whole) | expand (one example per reply). Default all.'
 complete -c llmkit -n '__fish_seen_subcommand_from sft' -l train-on-prompt -d 'Loss on every token (masking off).'
 complete -c llmkit -n '__fish_seen_subcommand_from sft' -l messages-field -r -F -d 'Column name (default messages, then conversations).'
 complete -c llmkit -n '__fish_seen_subcommand_from sft' -l prompt-field -r -F -d 'Column name (default prompt).'

@@ -382,3 +382,121 @@ def test_config_rejects_conflicting_flags():
     text = " ".join(caught.value.problems)
     assert "--template NAME" in text and "already padding-free" in text
     assert SFTConfig(model="m", data="d", check=True).output_dir == ""   # --check and --preview write nothing
+
+
+# ---------------------------------------------------------------------------------------------- gaps closed later
+
+def test_pack_refused_for_a_model_without_position_ids(cli, bpe_dir, chat_file, tmp_path):
+    import inspect
+
+    from transformers import BloomConfig, BloomForCausalLM
+
+    assert "position_ids" not in inspect.signature(BloomForCausalLM.forward).parameters   # ALiBi, no positions
+    tok = _tok(bpe_dir, "plain")
+    torch.manual_seed(0)
+    model = BloomForCausalLM(BloomConfig(vocab_size=len(tok), hidden_size=32, n_layer=1, n_head=4))
+    model.save_pretrained(tmp_path / "bloom")
+    out = tmp_path / "run"
+    args = ("sft", "-m", tmp_path / "bloom", "-t", bpe_dir, "--data", chat_file, "--template", "plain", "-o", out,
+            "--max-steps", "1", "--batch-size", "4")
+    result = cli(*args, "--pack", "--seq-len", "128")
+    assert_clean_error(result, 2, "BloomForCausalLM (model type bloom)", "position_ids", "drop --pack")
+    assert len([line for line in result.stderr.splitlines() if line.startswith("Error:")]) == 1
+    assert not out.exists()   # refused before any training: nothing written
+    padded = cli(*args, "--json")   # the same model trains without --pack
+    assert padded.exit_code == 0, padded.stderr
+    assert json.loads(padded.stdout)["steps"] == 1
+
+
+def test_check_compares_the_end_token_with_generation_config_eos(cli, bpe_dir, chat_file, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(bpe_dir)
+    model_dir = tmp_path / "model"
+    tok.save_pretrained(model_dir)
+    other = tok.eos_token_id + 1   # the plain template ends replies with the tokenizer's eos; the model stops elsewhere
+    (model_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": other}))
+    base = ("sft", "-m", model_dir, "--data", chat_file, "--template", "plain", "--check")
+    result = cli(*base, "--json")
+    assert result.exit_code == 0, result.stderr   # a warning: --check exits 1 only on errors
+    found = _findings(result)
+    assert found["generation_eos"]["level"] == "warning"
+    assert f"(id {other})" in found["generation_eos"]["message"]
+    assert f"(id {tok.eos_token_id})" in found["generation_eos"]["message"]
+    assert found["end_token"]["level"] == "info"   # the tokenizer's eos itself matches
+    human = cli(*base)
+    assert human.exit_code == 0 and "generation_eos" in human.stdout
+    # a generation_config that includes the end token: nothing to report
+    (model_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": [other, tok.eos_token_id]}))
+    assert "generation_eos" not in _findings(cli(*base, "--json"))
+
+
+def test_multi_turn_last_truncates_from_the_left(bpe_dir):
+    full, tok = _encode(bpe_dir, [{"messages": CHAT}], multi_turn="last", seq_len=512)
+    ids, labels = full.examples[0].input_ids, full.examples[0].labels
+    reply = [i for i, label in enumerate(labels) if label != -100]
+    start = reply[0]
+    assert reply == list(range(start, len(ids)))   # the final reply closes the example
+    reply_len = len(ids) - start
+    for seq_len in (reply_len + 5, reply_len + 1):   # some context kept; just one context token kept
+        cut, _ = _encode(bpe_dir, [{"messages": CHAT}], multi_turn="last", seq_len=seq_len)
+        assert cut.truncated == 1 and not cut.dropped and len(cut.examples) == 1
+        example = cut.examples[0]
+        assert example.input_ids == ids[-seq_len:] and example.labels == labels[-seq_len:]
+        trained = [i for i, label in enumerate(example.labels) if label != -100]
+        assert trained == list(range(seq_len - reply_len, seq_len))
+        assert [example.labels[i] for i in trained] == [example.input_ids[i] for i in trained]
+        assert _trained_runs(example, tok) == ["It loops while true.<|im_end|>\n"]
+        assert example.labels[0] == -100   # the first token is context (it could never be a target)
+    # the final reply alone does not fit: dropped and counted
+    none, _ = _encode(bpe_dir, [{"messages": CHAT}], multi_turn="last", seq_len=reply_len)
+    assert not none.examples and none.dropped == {"every answer token cut by --seq-len": 1}
+    # other modes still cut on the right
+    right, _ = _encode(bpe_dir, [{"messages": CHAT}], multi_turn="all", seq_len=len(ids) - 2)
+    assert right.truncated == 1 and right.examples[0].input_ids == ids[:len(ids) - 2]
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(cli, configs, bpe_dir, chat_file, tmp_path):
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    from llmkit.config import SFTConfig
+    from llmkit.training.pretrain import TrainingInterrupted
+    from llmkit.training.sft import run_sft
+
+    common = dict(model=str(configs["llama"]), from_scratch=True, tokenizer=str(bpe_dir), data=str(chat_file),
+                  template="chatml", max_steps=6, batch_size=2, lr=3e-3, scheduler="cosine", warmup_ratio=0.2,
+                  logging_steps=1, save_steps=100)
+    run_sft(SFTConfig(output_dir=str(tmp_path / "full"), **common))
+
+    class CtrlC(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                os.kill(os.getpid(), signal.SIGINT)   # what Ctrl-C does, at a known step
+
+    with pytest.raises(TrainingInterrupted) as stop:
+        run_sft(SFTConfig(output_dir=str(tmp_path / "cut"), **common), callbacks=[CtrlC()])
+    assert stop.value.result.status == "interrupted" and stop.value.result.steps == 4
+    assert (tmp_path / "cut" / "checkpoints" / "checkpoint-4").is_dir()
+    assert not (tmp_path / "cut" / "model").exists()
+    result = cli("sft", "-m", configs["llama"], "--from-scratch", "-t", bpe_dir, "--data", chat_file,
+                 "--template", "chatml", "-o", tmp_path / "cut", "--max-steps", "6", "--batch-size", "2",
+                 "--lr", "3e-3", "--scheduler", "cosine", "--warmup-ratio", "0.2", "--logging-steps", "1",
+                 "--save-steps", "100", "--resume", "auto", "--json")
+    assert result.exit_code == 0, result.stderr
+    resumed = json.loads(result.stdout)
+    assert resumed["resumed_from"].endswith("checkpoint-4") and resumed["steps"] == 6
+
+    def losses(run):
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+    full, cut = losses(tmp_path / "full"), losses(tmp_path / "cut")
+    assert [s for s, _ in cut] == [1, 2, 3, 4, 5, 6]
+    assert [l for _, l in cut] == pytest.approx([l for _, l in full], abs=1e-6)
+    a = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

@@ -10,6 +10,9 @@ prefix of the whole rendering (checked; a template that is not gets a clear erro
 once, without added special tokens (the template holds them), and tokens are assigned to replies by character
 offsets; a token that straddles a reply boundary is an error too.
 
+Longer than --seq-len: cut on the right, except with --multi-turn last, which cuts the earliest context on the
+left and keeps the final reply whole (an example whose final reply alone does not fit is dropped and counted).
+
 Labels equal input_ids where trained and -100 elsewhere; the shift happens in the model's loss.
 """
 
@@ -345,7 +348,17 @@ def encode_records(records: list[dict], fmt: str, tokenizer, template_name: str,
             if not any(label != IGNORE for label in labels):
                 out.dropped["no trained token"] = out.dropped.get("no trained token", 0) + 1
                 continue
-            if len(piece) > seq_len:
+            if len(piece) > seq_len and cfg.multi_turn == "last":
+                # cut from the left: the earliest context goes, the final reply stays whole (every one of its
+                # tokens a target, so at least one context token before it); a reply that cannot fit is dropped
+                reply = token_spans[chosen[0]]
+                if not reply or len(piece) - reply[0] + 1 > seq_len:
+                    out.dropped["every answer token cut by --seq-len"] = \
+                        out.dropped.get("every answer token cut by --seq-len", 0) + 1
+                    continue
+                piece, labels = piece[-seq_len:], labels[-seq_len:]
+                out.truncated += 1
+            elif len(piece) > seq_len:
                 piece, labels = piece[:seq_len], labels[:seq_len]
                 if not any(label != IGNORE for label in labels[1:]):
                     out.dropped["every answer token cut by --seq-len"] = \

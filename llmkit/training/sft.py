@@ -66,10 +66,12 @@ class PackedSFTCollator(_Collator):
 def check_packing_support(model) -> None:
     import inspect
 
-    name = type(model).__name__
+    kind = getattr(model.config, "model_type", None)
+    name = type(model).__name__ + (f" (model type {kind})" if kind else "")
     if "position_ids" not in inspect.signature(model.forward).parameters:
-        raise ConfigError(f"--pack needs a model that takes position_ids (to restart them per example); {name} "
-                          "does not", hint="drop --pack (examples are then padded per batch)")
+        raise ConfigError(f"--pack needs a model that takes position_ids (to restart them per example and keep "
+                          f"packed examples apart); {name} does not, so it cannot train padding-free batches",
+                          hint="drop --pack (examples are then padded per batch)")
     impl = getattr(model.config, "_attn_implementation", None) or "eager"
     if impl not in ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"):
         raise ConfigError(f"--pack: {name} uses attention '{impl}', which cannot keep packed examples apart",
@@ -205,6 +207,12 @@ def check_sft(cfg: SFTConfig) -> CheckResult:
                 "generation would not stop there; llmkit sft adds it to the saved generation_config")
         else:
             add("end_token", "info", f"replies end with {end_text!r} (id {end}), a stop token for generation")
+        if gen_eos and end not in gen_eos:
+            names = ", ".join(f"{tokenizer.convert_ids_to_tokens(i)!r} (id {i})" for i in sorted(gen_eos))
+            add("generation_eos", "warning",
+                f"the model's generation_config.json stops generation at {names}, not at the template's end token "
+                f"{end_text!r} (id {end}): `generate` with this model would run past the end of a reply; "
+                "llmkit sft makes it a stop token in the saved generation_config")
     if added:
         add("added_tokens", "info", f"the template's tokens {', '.join(added)} are not in the vocabulary: they are "
             "added and the embeddings grow (new rows start untrained)")
@@ -228,7 +236,8 @@ def check_sft(cfg: SFTConfig) -> CheckResult:
             + (" (all of them)" if not encoded.examples else "") + "; raise --seq-len")
     if encoded.truncated:
         add("truncation", "info", f"{encoded.truncated:,} example(s) are cut to --seq-len {cfg.seq_len} "
-            "(their answers partly)")
+            + ("(the earliest context dropped, final replies kept whole)" if cfg.multi_turn == "last"
+               else "(their answers partly)"))
     untrained = sum(n for why, n in encoded.dropped.items() if why != "every answer token cut by --seq-len")
     if untrained:
         add("no_trained_token", "warning" if encoded.examples else "error",
@@ -254,12 +263,13 @@ def _generation_eos(cfg: SFTConfig) -> set[int]:
 
 # ------------------------------------------------------------------------------------------------------- train
 
-def run_sft(cfg: SFTConfig, reporter: Reporter | None = None) -> SFTResult:
+def run_sft(cfg: SFTConfig, reporter: Reporter | None = None, callbacks: list | None = None) -> SFTResult:
+    """Train; `callbacks` are extra TrainerCallbacks (tests use one to interrupt at a known step)."""
     with contextlib.redirect_stdout(sys.stderr):
-        return _run_sft(cfg, reporter or SilentReporter())
+        return _run_sft(cfg, reporter or SilentReporter(), callbacks)
 
 
-def _run_sft(cfg: SFTConfig, reporter: Reporter) -> SFTResult:
+def _run_sft(cfg: SFTConfig, reporter: Reporter, callbacks: list | None = None) -> SFTResult:
     started = time.perf_counter()
     warnings: list[str] = []
     from llmkit.training import rundir
@@ -365,6 +375,8 @@ def _run_sft(cfg: SFTConfig, reporter: Reporter) -> SFTResult:
     with reporter.progress("training", total=steps_hint) as advance:
         callback = t.RunCallback(run, collator, reporter, advance)
         trainer.add_callback(callback)
+        for extra in callbacks or []:
+            trainer.add_callback(extra)
         collator.tokens_seen = 0
         train_started = time.perf_counter()
         with t.checkpoint_on_interrupt(callback):
