@@ -1,6 +1,5 @@
 """`llmkit tokenize`: inspect tokenizers, train new ones, pre-tokenize and pack datasets."""
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer

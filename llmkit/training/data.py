@@ -58,7 +58,7 @@ def read_documents(source: str, text_field: str, tokenizer, *, add_special_token
     eos = tokenizer.eos_token_id
     if append_eos and not result.prepacked:
         if eos is None:
-            raise ConfigError(f"the tokenizer has no eos token to end each document",
+            raise ConfigError("the tokenizer has no eos token to end each document",
                               hint="use a tokenizer with an eos token (or add one: tokenizer.add_special_tokens)")
         result.docs = [d if d and d[-1] == eos else d + [eos] for d in result.docs if d]
     result.docs = [d for d in result.docs if d]

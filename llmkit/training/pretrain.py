@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -79,7 +78,7 @@ def check_objective(objective: str, model_type: str, is_encoder_decoder: bool, n
 
 def load_model_and_tokenizer(cfg: PretrainConfig):
     """(model, tokenizer, source) for --from-scratch presets/config.json files and for pretrained dirs/ids."""
-    from llmkit.modeling import build_model, load_model, load_tokenizer, model_config_fields
+    from llmkit.modeling import load_model, load_tokenizer, model_config_fields
 
     fields = model_config_fields(cfg.model)
     path = Path(cfg.model).expanduser()
@@ -286,51 +285,11 @@ def _run_pretrain(cfg: PretrainConfig, reporter: Reporter | None, callbacks: lis
     trainer = t.LlmkitTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                               data_collator=collator, processing_class=tokenizer,
                               compute_loss_func=make_loss(cfg.objective), objective=cfg.objective)
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    if cfg.report_to == "tensorboard":
-        trainer.add_callback(integrations.tensorboard_callback(run))
-
-    initial = None
-    if eval_set is not None and eval_before and resume_from is None:
-        initial, _ = t.evaluate_loss(model, trainer.get_eval_dataloader(), trainer.shift, args.device)
-        rundir.append_metrics(metrics_file, {"step": 0, "eval_loss": round(initial, 6),
-                                             "perplexity": round(t.perplexity(initial), 4)})
-        reporter.info(f"before training: eval loss {initial:.4f}, perplexity {t.perplexity(initial):,.2f}")
-
-    steps_hint = trainer.args.max_steps if trainer.args.max_steps > 0 else None
-    with reporter.progress("training", total=steps_hint) as advance:
-        callback = t.RunCallback(run, collator, reporter, advance)
-        trainer.add_callback(callback)
-        for extra in callbacks or []:
-            trainer.add_callback(extra)
-        collator.tokens_seen = 0
-        train_started = time.perf_counter()
-        with t.checkpoint_on_interrupt(callback):
-            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        train_seconds = time.perf_counter() - train_started
-
-    final_eval = None
-    status = "interrupted" if callback.interrupted else "completed"
-    if not callback.interrupted and eval_set is not None:
-        final_eval = trainer.evaluate()["eval_loss"]
-    saved = rundir.checkpoints(run)
-    model_dir = None
-    if not callback.interrupted:
-        from llmkit.outputs import atomic_output_dir
-
-        model_dir = run / rundir.MODEL
-        with atomic_output_dir(model_dir, overwrite=True) as scratch:
-            t.save_final_model(trainer, tokenizer, scratch)
-
-    rows = rundir.read_metrics(metrics_file)
-    train_curve = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    eval_curve = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
-    rundir.write_loss_png(run / rundir.CURVE, train_curve, eval_curve)
-    tokens = collator.tokens_seen
-    rate = tokens / train_seconds if train_seconds > 0 else 0.0
+    outcome = t.train_and_save(trainer, run=run, collator=collator, tokenizer=tokenizer, reporter=reporter,
+                               metrics_file=metrics_file, resume_from=resume_from, report_to=cfg.report_to,
+                               eval_before=eval_before, callbacks=callbacks)
+    status, initial, final_eval, model_dir = outcome.status, outcome.initial_eval, outcome.final_eval, outcome.model_dir
+    tokens, rate, train_seconds = outcome.tokens, outcome.tokens_per_second, outcome.train_seconds
     seconds = time.perf_counter() - started
     manifest = {
         "command": "llmkit pretrain", "status": status, "versions": rundir.library_versions(),
@@ -349,7 +308,7 @@ def _run_pretrain(cfg: PretrainConfig, reporter: Reporter | None, callbacks: lis
     }
     manifest["memory"] = memory_record(forecast, manifest)
     rundir.write_json(run / rundir.MANIFEST, manifest)
-    losses = [loss for _, loss in train_curve]
+    losses = outcome.losses
     files = {"resolved_config": str(run / "resolved_config.yaml"), "metrics": str(metrics_file),
              "loss_curve": str(run / rundir.CURVE), "manifest": str(run / rundir.MANIFEST),
              "checkpoints": str(run / rundir.CHECKPOINTS)}
@@ -366,9 +325,9 @@ def _run_pretrain(cfg: PretrainConfig, reporter: Reporter | None, callbacks: lis
         initial_perplexity=None if initial is None else round(t.perplexity(initial), 4),
         tokens=tokens, tokens_per_second=round(rate, 1), seconds=round(seconds, 3),
         resumed_from=str(resume_from) if resume_from else None,
-        checkpoint=str(saved[-1]) if saved else None, loss_curve=losses,
+        checkpoint=str(outcome.checkpoint) if outcome.checkpoint else None, loss_curve=losses,
         sparkline=rundir.sparkline(losses), files=files, warnings=warnings)
-    if callback.interrupted:
+    if outcome.interrupted:
         raise TrainingInterrupted(result)
     return result
 

@@ -358,41 +358,8 @@ def _run_sft(cfg: SFTConfig, reporter: Reporter, callbacks: list | None = None) 
                               compute_loss_func=make_loss("causal-lm"), objective="causal-lm")
     if eval_set is not None:   # evaluation pads (one loop for both modes)
         trainer.get_eval_dataloader = _padded_eval_loader(trainer, eval_set, pad)
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    if cfg.report_to == "tensorboard":
-        trainer.add_callback(integrations.tensorboard_callback(run))
-    initial = None
-    if eval_set is not None and resume_from is None:
-        initial, _ = t.evaluate_loss(model, trainer.get_eval_dataloader(), True, args.device)
-        rundir.append_metrics(metrics_file, {"step": 0, "eval_loss": round(initial, 6),
-                                             "perplexity": round(t.perplexity(initial), 4)})
-        reporter.info(f"before training: eval loss {initial:.4f}")
-
-    steps_hint = trainer.args.max_steps if trainer.args.max_steps > 0 else None
-    with reporter.progress("training", total=steps_hint) as advance:
-        callback = t.RunCallback(run, collator, reporter, advance)
-        trainer.add_callback(callback)
-        for extra in callbacks or []:
-            trainer.add_callback(extra)
-        collator.tokens_seen = 0
-        train_started = time.perf_counter()
-        with t.checkpoint_on_interrupt(callback):
-            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        train_seconds = time.perf_counter() - train_started
-
-    final_eval = None
-    status = "interrupted" if callback.interrupted else "completed"
-    if not callback.interrupted and eval_set is not None:
-        final_eval = trainer.evaluate()["eval_loss"]
-    saved = rundir.checkpoints(run)
-    model_dir = None
-    if not callback.interrupted:
-        from llmkit.outputs import atomic_output_dir
-
-        model_dir = run / rundir.MODEL
+    def before_save(trainer) -> None:
         tokenizer.chat_template = template          # `llmkit generate` renders with the template trained on
         stops = [i for i in (encoded.end_token_id, tokenizer.eos_token_id) if i is not None]
         gc = trainer.model.generation_config
@@ -400,13 +367,12 @@ def _run_sft(cfg: SFTConfig, reporter: Reporter, callbacks: list | None = None) 
             gc.eos_token_id = sorted(set(stops), key=stops.index) if len(set(stops)) > 1 else stops[0]
         if gc.pad_token_id is None and tokenizer.pad_token_id is not None:
             gc.pad_token_id = tokenizer.pad_token_id
-        with atomic_output_dir(model_dir, overwrite=True) as scratch:
-            t.save_final_model(trainer, tokenizer, scratch)
 
-    metric_rows = rundir.read_metrics(metrics_file)
-    train_curve = [(r["step"], r["loss"]) for r in metric_rows if "loss" in r]
-    eval_curve = [(r["step"], r["eval_loss"]) for r in metric_rows if "eval_loss" in r]
-    rundir.write_loss_png(run / rundir.CURVE, train_curve, eval_curve)
+    outcome = t.train_and_save(trainer, run=run, collator=collator, tokenizer=tokenizer, reporter=reporter,
+                               metrics_file=metrics_file, resume_from=resume_from, report_to=cfg.report_to,
+                               callbacks=callbacks, before_save=before_save)
+    status, initial, final_eval, model_dir = outcome.status, outcome.initial_eval, outcome.final_eval, outcome.model_dir
+    train_seconds = outcome.train_seconds
     tokens = collator.tokens_seen
     epochs_done = float(trainer.state.epoch or 0.0)
     trained_seen = trained_tokens * epochs_done
@@ -428,7 +394,7 @@ def _run_sft(cfg: SFTConfig, reporter: Reporter, callbacks: list | None = None) 
         "threads": torch.get_num_threads(), "device": str(args.device), **rundir.peak_memory(),
     }
     rundir.write_json(run / rundir.MANIFEST, manifest)
-    losses = [loss for _, loss in train_curve]
+    losses = outcome.losses
     files = {"resolved_config": str(run / "resolved_config.yaml"), "metrics": str(metrics_file),
              "loss_curve": str(run / rundir.CURVE), "manifest": str(run / rundir.MANIFEST),
              "checkpoints": str(run / rundir.CHECKPOINTS)}
@@ -444,9 +410,9 @@ def _run_sft(cfg: SFTConfig, reporter: Reporter, callbacks: list | None = None) 
         initial_eval_loss=None if initial is None else round(initial, 6), trained_tokens=trained_tokens,
         tokens=tokens, tokens_per_second=round(rate, 1), trained_tokens_per_second=round(trained_rate, 1),
         seconds=round(seconds, 3), resumed_from=str(resume_from) if resume_from else None,
-        checkpoint=str(saved[-1]) if saved else None, loss_curve=losses, sparkline=rundir.sparkline(losses),
-        files=files, warnings=warnings)
-    if callback.interrupted:
+        checkpoint=str(outcome.checkpoint) if outcome.checkpoint else None, loss_curve=losses,
+        sparkline=rundir.sparkline(losses), files=files, warnings=warnings)
+    if outcome.interrupted:
         raise TrainingInterrupted(result)
     return result
 

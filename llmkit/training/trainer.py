@@ -7,6 +7,7 @@ import contextlib
 import math
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -165,6 +166,91 @@ def save_final_model(trainer: Trainer, tokenizer, path: Path) -> None:
     else:
         trainer.model.save_pretrained(str(path), safe_serialization=True)
     tokenizer.save_pretrained(str(path))
+
+
+@dataclass
+class TrainOutcome:
+    """What every training command needs after `trainer.train()`: status, losses, the saved model, speed."""
+
+    interrupted: bool
+    initial_eval: float | None
+    final_eval: float | None
+    model_dir: Path | None
+    checkpoint: Path | None
+    train_curve: list[tuple[int, float]]
+    eval_curve: list[tuple[int, float]]
+    tokens: int
+    train_seconds: float
+    callback: "RunCallback"
+
+    @property
+    def status(self) -> str:
+        return "interrupted" if self.interrupted else "completed"
+
+    @property
+    def losses(self) -> list[float]:
+        return [loss for _, loss in self.train_curve]
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+def train_and_save(trainer: "LlmkitTrainer", *, run: Path, collator, tokenizer, reporter, metrics_file: Path,
+                   resume_from: Path | None, report_to: str = "none", eval_before: bool = True,
+                   callbacks: list | None = None, before_save=None) -> TrainOutcome:
+    """The part of a run every training command shares: initial eval, training with progress and Ctrl-C
+    checkpointing, final eval, the model saved atomically to RUN/model (after `before_save(trainer)`), the loss
+    curve PNG."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from llmkit.outputs import atomic_output_dir
+    from llmkit.training import integrations
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if report_to == "tensorboard":
+        trainer.add_callback(integrations.tensorboard_callback(run))
+    has_eval = trainer.eval_dataset is not None
+    initial = None
+    if has_eval and eval_before and resume_from is None:
+        initial, _ = evaluate_loss(trainer.model, trainer.get_eval_dataloader(), trainer.shift, trainer.args.device)
+        rundir.append_metrics(metrics_file, {"step": 0, "eval_loss": round(initial, 6),
+                                             "perplexity": round(perplexity(initial), 4)})
+        reporter.info(f"before training: eval loss {initial:.4f}, perplexity {perplexity(initial):,.2f}")
+
+    steps_hint = trainer.args.max_steps if trainer.args.max_steps > 0 else None
+    with reporter.progress("training", total=steps_hint) as advance:
+        callback = RunCallback(run, collator, reporter, advance)
+        trainer.add_callback(callback)
+        for extra in callbacks or []:
+            trainer.add_callback(extra)
+        collator.tokens_seen = 0
+        train_started = time.perf_counter()
+        with checkpoint_on_interrupt(callback):
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        train_seconds = time.perf_counter() - train_started
+
+    final_eval = None
+    if not callback.interrupted and has_eval:
+        final_eval = trainer.evaluate()["eval_loss"]
+    saved = rundir.checkpoints(run)
+    model_dir = None
+    if not callback.interrupted:
+        if before_save is not None:
+            before_save(trainer)
+        model_dir = run / rundir.MODEL
+        with atomic_output_dir(model_dir, overwrite=True) as scratch:
+            save_final_model(trainer, tokenizer, scratch)
+
+    rows = rundir.read_metrics(metrics_file)
+    train_curve = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    eval_curve = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    rundir.write_loss_png(run / rundir.CURVE, train_curve, eval_curve)
+    return TrainOutcome(interrupted=callback.interrupted, initial_eval=initial, final_eval=final_eval,
+                        model_dir=model_dir, checkpoint=saved[-1] if saved else None, train_curve=train_curve,
+                        eval_curve=eval_curve, tokens=collator.tokens_seen, train_seconds=train_seconds,
+                        callback=callback)
 
 
 def perplexity(loss: float) -> float:
