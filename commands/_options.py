@@ -5,6 +5,11 @@ from typing import Annotated, Optional
 
 import typer
 
+def option(*names: str, help: str, panel: Optional[str] = None):
+    """An option that shows no default: "not given" stays None, and the config dataclass holds the real default."""
+    return typer.Option(*names, help=help, show_default=False, rich_help_panel=panel)
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout; logs go to stderr.")]
 ConfigOpt = Annotated[Optional[Path], typer.Option(
     "--config", help="YAML/JSON file of settings (keys are the long flag names). Flags override it.",

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from llmkit.errors import EXIT_INTERRUPTED, LlmkitError
+from llmkit.errors import EXIT_INTERRUPTED, ConfigError, LlmkitError
 
 
 def cli_command(fn):
@@ -94,3 +94,16 @@ def reporter(json_mode: bool):
 def examples(*lines: str) -> str:
     """The epilog every command's --help ends with: real example command lines."""
     return "Examples:\n\n" + "\n\n".join(f"  $ {line}" for line in lines)
+
+
+def comma_list(text: Optional[str], flag: str, kind=str) -> Optional[list]:
+    """`--flag a,b,c` as a list (None when not given). Text items keep their spaces: " " can be a token."""
+    if text is None:
+        return None
+    parts = [p for p in text.split(",") if (p if kind is str else p.strip())]
+    try:
+        return [kind(p) for p in parts]
+    except ValueError:
+        what = "integers" if kind is int else "numbers"
+        raise ConfigError(f"{flag} must be comma-separated {what} (got {text!r})",
+                                hint=f"e.g. {flag} 1,2,3") from None

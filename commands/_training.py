@@ -3,11 +3,11 @@
 from pathlib import Path
 from typing import Annotated, Optional
 
-import typer
+from llmkit.commands._options import option
 
 
-def _opt(flag: str, help: str, *aliases: str, type_=None):
-    return typer.Option(flag, *aliases, help=help, show_default=False)
+def _opt(flag: str, help: str, *aliases: str):
+    return option(flag, *aliases, help=help)
 
 
 # model
@@ -57,3 +57,20 @@ DeepspeedOpt = Annotated[Optional[Path], _opt("--deepspeed", "A DeepSpeed JSON c
 def training_overrides(**values) -> dict:
     """Flag values keyed by config field; Paths become strings, None stays 'not given'."""
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}
+
+
+def run_training(run, cfg, report):
+    """Run a training function (run_pretrain, run_sft) and return its result; after Ctrl-C's checkpoint, tell the
+    user how to continue and exit 130 (cli_command maps KeyboardInterrupt). The run functions keep stdout for the
+    result themselves."""
+    from llmkit.training.pretrain import TrainingInterrupted
+
+    try:
+        result = run(cfg, reporter=report)
+    except TrainingInterrupted as stop:
+        report.warn(f"interrupted at step {stop.result.steps}; checkpoint: {stop.result.checkpoint}; "
+                    f"continue with --resume auto")
+        raise KeyboardInterrupt from None
+    for warning in result.warnings:
+        report.warn(warning)
+    return result

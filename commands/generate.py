@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmkit.commands._options import ConfigOpt, JsonOpt, PresetOpt, PrintConfigOpt, SeedOpt, TrustRemoteCodeOpt
+from llmkit.commands._options import ConfigOpt, JsonOpt, PresetOpt, PrintConfigOpt, SeedOpt, TrustRemoteCodeOpt, option
 from llmkit.commands._runtime import build_config, cli_command, emit_json, examples, reporter
 from llmkit.config import GenerateConfig
 
@@ -17,7 +17,7 @@ HELP_PANEL_MODEL = "Model loading"
 
 
 def _opt(*names: str, help: str, panel: str = HELP_PANEL_DECODING):
-    return typer.Option(*names, help=help, show_default=False, rich_help_panel=panel)
+    return option(*names, help=help, panel=panel)
 
 
 def register(app: typer.Typer) -> None:

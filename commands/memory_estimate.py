@@ -7,12 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmkit.commands._options import ConfigOpt, JsonOpt, PresetOpt, PrintConfigOpt
+from llmkit.commands._options import ConfigOpt, JsonOpt, PresetOpt, PrintConfigOpt, option
 from llmkit.commands._runtime import build_config, cli_command, console, emit_json, examples
 
 
 def _opt(flag: str, help_: str, type_=str):
-    return Annotated[Optional[type_], typer.Option(flag, help=help_, show_default=False)]
+    return Annotated[Optional[type_], option(flag, help=help_)]
 
 
 def register(app: typer.Typer) -> None:

@@ -1,7 +1,5 @@
 """`llmkit pretrain`: train a language model from scratch or continue pretraining one."""
 
-import contextlib
-import sys
 from typing import Annotated, Optional
 
 import typer
@@ -15,7 +13,7 @@ from llmkit.commands._training import (BatchSizeOpt, DataOpt, DeepspeedOpt, Epoc
                                        MixedPrecisionOpt, ModelOpt, OptimizerOpt, PackOpt, PaddingFreeOpt,
                                        ReportToOpt, ResumeOpt, SaveStepsOpt, SaveTotalLimitOpt, SchedulerOpt,
                                        SeqLenOpt, TrainableLayersOpt, WarmupRatioOpt, WeightDecayOpt,
-                                       training_overrides)
+                                       training_overrides, run_training)
 from llmkit.config import PretrainConfig
 
 EPILOG = examples(
@@ -90,19 +88,9 @@ def pretrain(
         whole_word_masking=whole_word_masking, noise_density=noise_density, mean_span_length=mean_span_length,
         trust_remote_code=trust_remote_code)
     cfg = build_config(PretrainConfig, preset, config, overrides, print_config, json_)
-    from llmkit.training.pretrain import TrainingInterrupted, run_pretrain
+    from llmkit.training.pretrain import run_pretrain
 
-    report = reporter(json_)
-    try:
-        # stdout carries only the result: libraries that log to stdout (DeepSpeed's accelerator notice) go to stderr
-        with contextlib.redirect_stdout(sys.stderr):
-            result = run_pretrain(cfg, reporter=report)
-    except TrainingInterrupted as stop:
-        report.warn(f"interrupted at step {stop.result.steps}; checkpoint: {stop.result.checkpoint}; "
-                    f"continue with --resume auto")
-        raise KeyboardInterrupt from None
-    for warning in result.warnings:
-        report.warn(warning)
+    result = run_training(run_pretrain, cfg, reporter(json_))
     if json_:
         emit_json(result)
         return

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmkit.commands._options import ConfigOpt, JsonOpt, PresetOpt, PrintConfigOpt
-from llmkit.commands._runtime import build_config, cli_command, console, emit_json, examples
+from llmkit.commands._runtime import build_config, cli_command, comma_list, console, emit_json, examples
 
 app = typer.Typer(help="Quantize models and explain how quantization works.", no_args_is_help=True)
 
@@ -34,7 +34,7 @@ def explain_cmd(
     from llmkit.config import QuantizeExplainConfig
 
     cfg = build_config(QuantizeExplainConfig, preset, config, dict(
-        method=method, values=_numbers(values, "--values", float), shape=_numbers(shape, "--shape", int),
+        method=method, values=comma_list(values, "--values", float), shape=comma_list(shape, "--shape", int),
         blocksize=blocksize, double_quant=double_quant, threshold=threshold), print_config, json_)
     from llmkit.quantize import explain
 
@@ -56,15 +56,3 @@ def explain_cmd(
     out.print(table)
     out.print(f"max |error| {result.max_abs_error:.4g}, mean |error| {result.mean_abs_error:.4g}, relative "
               f"(Frobenius) {result.relative_error:.4%}; {result.bits_per_value:.4f} bits per value")
-
-
-def _numbers(text: Optional[str], flag: str, kind):
-    if text is None:
-        return None
-    try:
-        return [kind(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        from llmkit.errors import ConfigError
-
-        what = "integers" if kind is int else "numbers"
-        raise ConfigError(f"{flag} must be comma-separated {what} (got {text!r})", hint=f"e.g. {flag} 1,2,3") from None

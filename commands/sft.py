@@ -15,7 +15,7 @@ from llmkit.commands._training import (BatchSizeOpt, DataOpt, DeepspeedOpt, Epoc
                                        GradCheckpointingOpt, LoggingStepsOpt, MaxGradNormOpt, MaxStepsOpt,
                                        MixedPrecisionOpt, ModelOpt, OptimizerOpt, ReportToOpt, ResumeOpt,
                                        SaveStepsOpt, SaveTotalLimitOpt, SchedulerOpt, SeqLenOpt, TrainableLayersOpt,
-                                       WarmupRatioOpt, WeightDecayOpt, training_overrides)
+                                       WarmupRatioOpt, WeightDecayOpt, training_overrides, run_training)
 from llmkit.config import SFTConfig
 from llmkit.errors import EXIT_FAILURE
 
@@ -123,18 +123,9 @@ def sft(
         if not result.ok:
             raise typer.Exit(EXIT_FAILURE)
         return
-    from llmkit.training.pretrain import TrainingInterrupted
     from llmkit.training.sft import run_sft
 
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            result = run_sft(cfg, reporter=report)
-    except TrainingInterrupted as stop:
-        report.warn(f"interrupted at step {stop.result.steps}; checkpoint: {stop.result.checkpoint}; "
-                    f"continue with --resume auto")
-        raise KeyboardInterrupt from None
-    for warning in result.warnings:
-        report.warn(warning)
+    result = run_training(run_sft, cfg, report)
     if json_:
         emit_json(result)
         return

@@ -6,7 +6,7 @@ import typer
 
 from llmkit.commands._options import (ConfigOpt, JsonOpt, OutputDirOpt, OverwriteOpt, PresetOpt, PrintConfigOpt,
                                       TextFieldOpt, TokenizerOpt, TrustRemoteCodeOpt)
-from llmkit.commands._runtime import build_config, cli_command, console, emit_json, examples, reporter
+from llmkit.commands._runtime import build_config, cli_command, comma_list, console, emit_json, examples, reporter
 from llmkit.config import TokenizeDatasetConfig, TokenizeShowConfig, TokenizeTrainConfig, TokenizeVocabConfig
 
 app = typer.Typer(help="Inspect tokenizers, train new ones, pre-tokenize and pack datasets.", no_args_is_help=True)
@@ -103,7 +103,8 @@ def vocab_cmd(
 ) -> None:
     """Vocabulary size, special tokens, and id <-> token lookups."""
     cfg = build_config(TokenizeVocabConfig, preset, config, dict(
-        tokenizer=tokenizer, search=search, ids=_int_list(ids), tokens=_str_list(tokens), limit=limit,
+        tokenizer=tokenizer, search=search, ids=comma_list(ids, "--ids", int), tokens=comma_list(tokens, "--tokens"),
+        limit=limit,
         trust_remote_code=trust_remote_code), print_config, json_)
     from llmkit.tokenization import vocab
 
@@ -258,18 +259,3 @@ def _run_dataset(cfg: TokenizeDatasetConfig, json_: bool) -> None:
     out.print(table)
     if result.output_dir is not None:
         out.print(f"wrote {result.rows:,} rows to {result.output_dir}")
-
-
-def _int_list(text: Optional[str]) -> Optional[list[int]]:
-    if text is None:
-        return None
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        from llmkit.errors import ConfigError
-
-        raise ConfigError(f"--ids must be comma-separated integers (got {text!r})", hint="e.g. --ids 0,1,2") from None
-
-
-def _str_list(text: Optional[str]) -> Optional[list[str]]:
-    return None if text is None else [part for part in text.split(",") if part]

@@ -580,14 +580,9 @@ class Generator:
 def _load_model_config(name: str, trust_remote_code: bool):
     from transformers import AutoConfig
 
-    from llmkit.hub import looks_like_local_path
+    from llmkit.modeling import check_model_source
 
-    path = Path(name).expanduser()
-    if path.is_dir() and not (path / "config.json").exists():
-        raise ModelLoadError(f"{name} has no config.json, so it is not a transformers model directory",
-                             hint="pass a dir written by `save_pretrained` (or by an llmkit run), or a hub id")
-    if not path.exists() and looks_like_local_path(name):
-        raise ModelLoadError(f"no such model directory: {name}", hint="check the path")
+    check_model_source(name)
     try:
         return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except ValueError as exc:

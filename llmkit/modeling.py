@@ -35,7 +35,7 @@ def load_tokenizer(name: str, *, slow: bool = False, trust_remote_code: bool = F
     elif looks_like_local_path(name):
         raise ModelLoadError(f"no such tokenizer directory: {name}", hint="check the path")
     else:
-        _load_cached_or_require_hub(name)
+        _load_cached_or_require_hub(name, "tokenizer_config.json", "tokenizer")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except ValueError as exc:
@@ -50,17 +50,16 @@ def load_tokenizer(name: str, *, slow: bool = False, trust_remote_code: bool = F
     return _slow_variant(tokenizer, name) if slow else tokenizer
 
 
-def _load_cached_or_require_hub(name: str) -> None:
+def _load_cached_or_require_hub(name: str, filename: str, what: str) -> None:
     """Files already in the HF cache load offline; otherwise the hub must answer, or we fail fast."""
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(name, "tokenizer_config.json")
-        if isinstance(cached, str):
+        if isinstance(try_to_load_from_cache(name, filename), str):
             return
     except Exception:  # an id huggingface_hub rejects is reported by require_hub below
         pass
-    require_hub(name, "tokenizer")
+    require_hub(name, what)
 
 
 def _slow_variant(tokenizer, name: str):
@@ -166,14 +165,8 @@ def build_model(name_or_fields: str | dict, task: str = "causal-lm", *, vocab_si
     return model
 
 
-def load_model(name: str, task: str = "causal-lm", *, dtype: str | None = None, device: str | None = None,
-               trust_remote_code: bool = False, quantization_config=None, **kwargs):
-    """A pretrained model from a local dir or hub id, through the Auto class for `task`.
-
-    dtype None keeps the checkpoint's dtype (transformers 5's default, `dtype="auto"`).
-    """
-    import transformers
-
+def check_model_source(name: str) -> None:
+    """A model dir must hold config.json; a hub id must be cached or the hub reachable (fails in seconds)."""
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
@@ -182,14 +175,18 @@ def load_model(name: str, task: str = "causal-lm", *, dtype: str | None = None, 
     elif looks_like_local_path(name):
         raise ModelLoadError(f"no such model directory: {name}", hint="check the path")
     else:
-        try:
-            from huggingface_hub import try_to_load_from_cache
+        _load_cached_or_require_hub(name, "config.json", "model")
 
-            cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
-        except Exception:
-            cached = False
-        if not cached:
-            require_hub(name, "model")
+
+def load_model(name: str, task: str = "causal-lm", *, dtype: str | None = None, device: str | None = None,
+               trust_remote_code: bool = False, quantization_config=None, **kwargs):
+    """A pretrained model from a local dir or hub id, through the Auto class for `task`.
+
+    dtype None keeps the checkpoint's dtype (transformers 5's default, `dtype="auto"`).
+    """
+    import transformers
+
+    check_model_source(name)
     auto = getattr(transformers, AUTO_CLASSES[task])
     options = dict(trust_remote_code=trust_remote_code, dtype=DTYPES.get(dtype, "auto") if dtype else "auto", **kwargs)
     if quantization_config is not None:

@@ -38,4 +38,5 @@ def test_installed_versions_satisfy_the_declared_ranges():
             continue
         installed = metadata.version(requirement.name)
         assert requirement.specifier.contains(installed, prereleases=True), (requirement, installed)
-    assert Requirement("torch>=2.4,<2.15").specifier.contains("2.13.0")
+    torch = next(Requirement(line) for line in metadata.requires("llmkit") if Requirement(line).name == "torch")
+    assert torch.specifier.contains("2.13.0")  # the CPU build this project installs must stay inside the range

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,22 +252,10 @@ def _run_pretrain(cfg: PretrainConfig, reporter: Reporter | None, callbacks: lis
     from llmkit.training.data import RowDataset
     from llmkit.training.objectives import make_loss
 
-    t.apply_freezing(model, cfg.freeze_base, cfg.trainable_layers)
-    total, trainable = t.parameter_counts(model)
-    if trainable == 0:
-        raise ConfigError("no parameter is left to train", hint="drop --freeze-base / --trainable-layers")
+    total, trainable = t.freeze_and_count(model, cfg.freeze_base, cfg.trainable_layers)
 
-    # Everything that can fail on input has been checked: only now touch the run directory.
-    if cfg.overwrite and run.is_dir():
-        shutil.rmtree(run)
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "resolved_config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
-    metrics_file = run / rundir.METRICS
-    if resume_from is not None:
-        state = json.loads((resume_from / "trainer_state.json").read_text(encoding="utf-8"))
-        rundir.truncate_metrics(metrics_file, int(state["global_step"]))
-    else:
-        metrics_file.write_text("", encoding="utf-8")
+    # every input problem has been reported: only now touch the run directory
+    metrics_file = rundir.start(run, dump_yaml(cfg), cfg.overwrite, resume_from)
 
     collator = make_collator(cfg, tokenizer, model)
     train_set, eval_set = RowDataset(train_rows), RowDataset(eval_rows) if eval_rows else None

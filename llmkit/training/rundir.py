@@ -246,3 +246,21 @@ def resume_checkpoint(run_dir: Path, resume: str, warn) -> Path:
     raise LlmkitError(f"--resume auto: every checkpoint in {run_dir / CHECKPOINTS} is damaged "
                       f"({checkpoint_problem(found[-1])})",
                       hint="start over with --overwrite; nothing was changed")
+
+
+def start(run: Path, config_yaml: str, overwrite: bool, resume_from: Path | None) -> Path:
+    """Create (or, with overwrite, recreate) the run dir with its resolved config; return the metrics file, emptied
+    for a new run or cut back to the checkpoint's step when resuming. Called only after every input check passed."""
+    import shutil
+
+    if overwrite and run.is_dir():
+        shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "resolved_config.yaml").write_text(config_yaml, encoding="utf-8")
+    metrics_file = run / METRICS
+    if resume_from is not None:
+        state = json.loads((resume_from / "trainer_state.json").read_text(encoding="utf-8"))
+        truncate_metrics(metrics_file, int(state["global_step"]))
+    else:
+        metrics_file.write_text("", encoding="utf-8")
+    return metrics_file

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -320,22 +319,10 @@ def _run_sft(cfg: SFTConfig, reporter: Reporter, callbacks: list | None = None) 
             return sftdata.pack_examples(examples, cfg.seq_len)
         return [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
 
-    t.apply_freezing(model, cfg.freeze_base, cfg.trainable_layers)
-    total, trainable = t.parameter_counts(model)
-    if trainable == 0:
-        raise ConfigError("no parameter is left to train", hint="drop --freeze-base / --trainable-layers")
+    total, trainable = t.freeze_and_count(model, cfg.freeze_base, cfg.trainable_layers)
 
     # every input problem has been reported: only now touch the run directory
-    if cfg.overwrite and run.is_dir():
-        shutil.rmtree(run)
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "resolved_config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
-    metrics_file = run / rundir.METRICS
-    if resume_from is not None:
-        state = json.loads((resume_from / "trainer_state.json").read_text(encoding="utf-8"))
-        rundir.truncate_metrics(metrics_file, int(state["global_step"]))
-    else:
-        metrics_file.write_text("", encoding="utf-8")
+    metrics_file = rundir.start(run, dump_yaml(cfg), cfg.overwrite, resume_from)
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     collator = PackedSFTCollator(pad) if cfg.pack else SFTCollator(pad)

@@ -121,6 +121,15 @@ def apply_freezing(model, freeze_base: bool, trainable_layers: int | None) -> No
         p.requires_grad_(keep)
 
 
+def freeze_and_count(model, freeze_base: bool, trainable_layers: int | None) -> tuple[int, int]:
+    """Apply --freeze-base / --trainable-layers; (total, trainable) parameters. Refuses when nothing would train."""
+    apply_freezing(model, freeze_base, trainable_layers)
+    total, trainable = parameter_counts(model)
+    if trainable == 0:
+        raise ConfigError("no parameter is left to train", hint="drop --freeze-base / --trainable-layers")
+    return total, trainable
+
+
 def parameter_counts(model) -> tuple[int, int]:
     seen, total, trainable = set(), 0, 0
     for p in model.parameters():
