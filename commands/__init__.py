@@ -50,10 +50,16 @@ def _register() -> None:
     from llmkit.commands import quantize
 
     app.add_typer(quantize.app, name="quantize")
+    from llmkit.commands import merge
+    merge.register(app)
     from llmkit.commands import generate
     generate.register(app)
     for module in (quickstart, env, presets_cmd, memory_estimate, completion, pretrain, sft):
         module.register(app)
+    from llmkit.commands import peft
+    peft.register(app)
+    from llmkit.commands import launch
+    launch.register(app)
 
 
 _register()

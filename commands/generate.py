@@ -9,11 +9,12 @@ import typer
 
 from llmkit.commands._options import ConfigOpt, JsonOpt, PresetOpt, PrintConfigOpt, SeedOpt, TrustRemoteCodeOpt, option
 from llmkit.commands._runtime import build_config, cli_command, emit_json, examples, reporter
-from llmkit.config import GenerateConfig
+from llmkit.config import ANALYSIS_TASKS, GenerateConfig
 
 HELP_PANEL_INPUT = "What to generate from"
 HELP_PANEL_DECODING = "Decoding (default: the model's generation_config)"
 HELP_PANEL_MODEL = "Model loading"
+HELP_PANEL_TASKS = "Classification, NER, extractive QA, embeddings"
 
 
 def _opt(*names: str, help: str, panel: str = HELP_PANEL_DECODING):
@@ -25,7 +26,8 @@ def register(app: typer.Typer) -> None:
         'llmkit generate --model runs/quickstart/pretrain/model --prompt "The for statement" --max-new-tokens 40',
         'llmkit generate --model ./chat-model --message "Explain list comprehensions." --do-sample '
         '--temperature 0.7 --top-p 0.9 --seed 1 --json',
-        "llmkit generate --model ./chat-model --adapter runs/sft/adapter --chat --system \"Be brief.\"",
+        'llmkit generate --model runs/qa/model --task question-answering --question "Who wrote it?" '
+        '--context "$(cat doc.txt)" --json   (also text-classification, token-classification, feature-extraction)',
         "llmkit generate --model ./model --input prompts.jsonl --output answers.jsonl --batch-size 8 --stop '\\n\\n'",
     ))(generate)
 
@@ -36,7 +38,9 @@ def generate(
     adapter: Annotated[Optional[str], _opt("--adapter", help="PEFT adapter dir trained on --model (whose base it "
                                            "must name).", panel=HELP_PANEL_MODEL)] = None,
     task: Annotated[Optional[str], _opt("--task", help="text-generation | summarization | translation | fill-mask "
-                                        "(default: from the architecture).", panel=HELP_PANEL_MODEL)] = None,
+                                        "| text-classification | token-classification | question-answering | "
+                                        "feature-extraction (default: from the architecture and its head).",
+                                        panel=HELP_PANEL_MODEL)] = None,
     prompt: Annotated[Optional[str], _opt("--prompt", "-p", help="Text sent as it is (completion); with fill-mask, "
                                           "text with mask tokens.", panel=HELP_PANEL_INPUT)] = None,
     message: Annotated[Optional[str], _opt("--message", help="One user turn, rendered with the chat template.",
@@ -74,7 +78,8 @@ def generate(
     temperature: Annotated[Optional[float], _opt("--temperature", help="Sampling: > 0; below 1 sharpens, above "
                                                  "flattens.")] = None,
     top_k: Annotated[Optional[int], _opt("--top-k", help="Sampling: keep the k most likely tokens (0: off); "
-                                         "fill-mask: candidates shown (default 5).")] = None,
+                                         "fill-mask: candidates shown (default 5); text-classification, "
+                                         "question-answering: the k best labels/answers.")] = None,
     top_p: Annotated[Optional[float], _opt("--top-p", help="Sampling: nucleus mass in (0, 1].")] = None,
     min_p: Annotated[Optional[float], _opt("--min-p", help="Sampling: drop tokens below min-p × the top "
                                            "probability.")] = None,
@@ -93,6 +98,27 @@ def generate(
     load_in_4bit: Annotated[Optional[bool], _opt("--load-in-4bit", help="bitsandbytes NF4 weights.",
                                                  panel=HELP_PANEL_MODEL)] = None,
     trust_remote_code: TrustRemoteCodeOpt = None,
+    text_pair: Annotated[Optional[str], _opt("--text-pair", help="text-classification: the second text of a pair "
+                                             "(NLI); batch lines: `text_pair`.", panel=HELP_PANEL_TASKS)] = None,
+    question: Annotated[Optional[str], _opt("--question", help="question-answering: the question.",
+                                            panel=HELP_PANEL_TASKS)] = None,
+    context: Annotated[Optional[str], _opt("--context", help="question-answering: the text the answer is a span of.",
+                                           panel=HELP_PANEL_TASKS)] = None,
+    doc_stride: Annotated[Optional[int], _opt("--doc-stride", help="question-answering: tokens shared by a long "
+                                              "context's windows (default 128; windows are --max-length tokens, "
+                                              "default 384).", panel=HELP_PANEL_TASKS)] = None,
+    max_answer_length: Annotated[Optional[int], _opt("--max-answer-length", help="question-answering: longest "
+                                                     "answer in tokens (default 15).", panel=HELP_PANEL_TASKS)] = None,
+    allow_no_answer: Annotated[Optional[bool], _opt("--allow-no-answer", help="question-answering: the empty answer "
+                                                    "competes (models trained with unanswerable questions).",
+                                                    panel=HELP_PANEL_TASKS)] = None,
+    aggregation: Annotated[Optional[str], _opt("--aggregation", help="token-classification: simple (adjacent tokens) "
+                                               "| first (a word takes its first sub-token's label).",
+                                               panel=HELP_PANEL_TASKS)] = None,
+    pooling: Annotated[Optional[str], _opt("--pooling", help="feature-extraction: mean (over the attention mask, "
+                                           "default) | cls (the first token).", panel=HELP_PANEL_TASKS)] = None,
+    normalize: Annotated[Optional[bool], _opt("--normalize", help="feature-extraction: unit-length vectors.",
+                                              panel=HELP_PANEL_TASKS)] = None,
     preset: PresetOpt = None, config: ConfigOpt = None, print_config: PrintConfigOpt = False, json_: JsonOpt = False,
 ) -> None:
     """Generate with a causal, encoder-decoder or masked LM: stream a completion, answer a chat message, chat,
@@ -106,11 +132,20 @@ def generate(
         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
         repetition_penalty=repetition_penalty, seed=seed, stop=[_unescape(s) for s in stop] if stop else None,
         dtype=dtype, device=device,
-        load_in_8bit=load_in_8bit, load_in_4bit=load_in_4bit, trust_remote_code=trust_remote_code),
+        load_in_8bit=load_in_8bit, load_in_4bit=load_in_4bit, trust_remote_code=trust_remote_code,
+        text_pair=text_pair, question=question, context=context, doc_stride=doc_stride,
+        max_answer_length=max_answer_length, allow_no_answer=allow_no_answer, aggregation=aggregation,
+        pooling=pooling, normalize=normalize),
         print_config, json_)
+    report = reporter(json_)
+    from llmkit.task_inference import detect_task
+
+    cfg = detect_task(cfg)
+    if cfg.task in ANALYSIS_TASKS:
+        _task(cfg, report, json_)
+        return
     from llmkit.generate import Generator
 
-    report = reporter(json_)
     generator = Generator(cfg, report)
     if cfg.chat:
         _chat(cfg, generator, json_)
@@ -118,6 +153,47 @@ def generate(
         _batch(cfg, generator, report, json_)
     else:
         _single(cfg, generator, report, json_)
+
+
+def _task(cfg: GenerateConfig, report, json_: bool) -> None:
+    """text-classification, token-classification, question-answering, feature-extraction."""
+    from llmkit.task_inference import run_task_batch, run_task_prompt
+
+    if cfg.input is not None:
+        result = run_task_batch(cfg, report)
+        for warning in result.warnings:
+            report.warn(warning)
+        if json_:
+            emit_json(result)
+        else:
+            report.info(f"wrote {result.written} result(s) to {result.output}"
+                        + (f" ({result.skipped} already there)" if result.skipped else "")
+                        + f" in {result.seconds:.1f} s ({result.per_second:,.1f} inputs/s)")
+        return
+    output = run_task_prompt(cfg, report)
+    for warning in output.warnings:
+        report.warn(warning)
+    if json_:
+        emit_json({"model": output.model, "task": output.task, **output.result, "seconds": output.seconds})
+        return
+    result = output.result
+    if cfg.task == "text-classification":
+        for item in result.get("scores", [result]):
+            sys.stdout.write(f"{item['label']}\t{item['score']:.4f}\n")
+    elif cfg.task == "token-classification":
+        for e in result["entities"]:
+            sys.stdout.write(f"{e['type']}\t{e['text']}\t{e['start']}-{e['end']}\t{e['score']:.4f}\n")
+        if not result["entities"]:
+            report.info("no entities found")
+    elif cfg.task == "question-answering":
+        for a in result.get("answers", [result]):
+            shown = a["answer"] if a["answer"] else "(no answer)"
+            sys.stdout.write(f"{shown}\t{a['start']}-{a['end']}\t{a['score']:.4f}\n")
+    else:
+        sys.stdout.write(" ".join(f"{v:.6g}" for v in result["embedding"]) + "\n")
+        report.info(f"{result['dimensions']} dimensions, {result['pooling']} pooling"
+                    + (", normalized" if result["normalized"] else ""))
+    sys.stdout.flush()
 
 
 def _unescape(text: str) -> str:

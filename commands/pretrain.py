@@ -9,11 +9,13 @@ from llmkit.commands._options import (ConfigOpt, JsonOpt, OutputDirOpt, Overwrit
 from llmkit.commands._runtime import build_config, cli_command, console, emit_json, examples, reporter
 from llmkit.commands._training import (BatchSizeOpt, DataOpt, DeepspeedOpt, EpochsOpt, EvalDataOpt, EvalSplitOpt,
                                        EvalStepsOpt, FreezeBaseOpt, FromScratchOpt, GradAccumOpt,
-                                       GradCheckpointingOpt, LoggingStepsOpt, LrOpt, MaxGradNormOpt, MaxStepsOpt,
-                                       MixedPrecisionOpt, ModelOpt, OptimizerOpt, PackOpt, PaddingFreeOpt,
-                                       ReportToOpt, ResumeOpt, SaveStepsOpt, SaveTotalLimitOpt, SchedulerOpt,
-                                       SeqLenOpt, TrainableLayersOpt, WarmupRatioOpt, WeightDecayOpt,
-                                       training_overrides, run_training)
+                                       GradCheckpointingOpt, LoggingStepsOpt, LrOpt, MaskReplaceProbOpt,
+                                       MaxGradNormOpt, MaxStepsOpt, MeanSpanLengthOpt, MixedPrecisionOpt,
+                                       MlmProbabilityOpt, ModelOpt, NoiseDensityOpt, OptimizerOpt, PackOpt,
+                                       PaddingFreeOpt, RandomReplaceProbOpt, ReportToOpt, ResumeOpt, SaveStepsOpt,
+                                       SaveTotalLimitOpt, SchedulerOpt, SeqLenOpt, TrainableLayersOpt,
+                                       WarmupRatioOpt, WeightDecayOpt, WholeWordMaskingOpt, training_overrides,
+                                       run_training)
 from llmkit.config import PretrainConfig
 
 EPILOG = examples(
@@ -49,20 +51,9 @@ def pretrain(
     logging_steps: LoggingStepsOpt = None, seed: SeedOpt = None, output_dir: OutputDirOpt = None,
     overwrite: OverwriteOpt = None, resume: ResumeOpt = None, report_to: ReportToOpt = None,
     deepspeed: DeepspeedOpt = None,
-    mlm_probability: Annotated[Optional[float], typer.Option(
-        "--mlm-probability", help="masked-lm: share of tokens to predict (default 0.15).", show_default=False)] = None,
-    mask_replace_prob: Annotated[Optional[float], typer.Option(
-        "--mask-replace-prob", help="masked-lm: of those, share replaced by the mask token (default 0.8).",
-        show_default=False)] = None,
-    random_replace_prob: Annotated[Optional[float], typer.Option(
-        "--random-replace-prob", help="masked-lm: share replaced by a random token (default 0.1).",
-        show_default=False)] = None,
-    whole_word_masking: Annotated[Optional[bool], typer.Option(
-        "--whole-word-masking", help="masked-lm: mask whole words.", show_default=False)] = None,
-    noise_density: Annotated[Optional[float], typer.Option(
-        "--noise-density", help="seq2seq: share of tokens corrupted (default 0.15).", show_default=False)] = None,
-    mean_span_length: Annotated[Optional[float], typer.Option(
-        "--mean-span-length", help="seq2seq: mean corrupted span in tokens (default 3).", show_default=False)] = None,
+    mlm_probability: MlmProbabilityOpt = None, mask_replace_prob: MaskReplaceProbOpt = None,
+    random_replace_prob: RandomReplaceProbOpt = None, whole_word_masking: WholeWordMaskingOpt = None,
+    noise_density: NoiseDensityOpt = None, mean_span_length: MeanSpanLengthOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = None,
     preset: PresetOpt = None, config: ConfigOpt = None, print_config: PrintConfigOpt = False, json_: JsonOpt = False,
 ) -> None:

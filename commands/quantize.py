@@ -1,11 +1,12 @@
-"""`llmkit quantize`: how int8, LLM.int8, NF4 and FP4 turn numbers into codes, step by step."""
+"""`llmkit quantize`: explain int8/LLM.int8/NF4/FP4 step by step; quantize a model and measure it; compare methods."""
 
 from typing import Annotated, Optional
 
 import typer
 
-from llmkit.commands._options import ConfigOpt, JsonOpt, PresetOpt, PrintConfigOpt
-from llmkit.commands._runtime import build_config, cli_command, comma_list, console, emit_json, examples
+from llmkit.commands._options import (ConfigOpt, JsonOpt, OutputDirOpt, OverwriteOpt, PresetOpt, PrintConfigOpt,
+                                     TextFieldOpt, TrustRemoteCodeOpt, option)
+from llmkit.commands._runtime import build_config, cli_command, comma_list, console, emit_json, examples, reporter
 
 app = typer.Typer(help="Quantize models and explain how quantization works.", no_args_is_help=True)
 
@@ -56,3 +57,152 @@ def explain_cmd(
     out.print(table)
     out.print(f"max |error| {result.max_abs_error:.4g}, mean |error| {result.mean_abs_error:.4g}, relative "
               f"(Frobenius) {result.relative_error:.4%}; {result.bits_per_value:.4f} bits per value")
+
+
+def _opt(flag: str, help_: str, type_=str, *aliases: str):
+    return Annotated[Optional[type_], option(flag, *aliases, help=help_)]
+
+
+ModelOpt = _opt("--model", "The full-precision model: a local dir or hub id.", str, "-m")
+EvalDataOpt = _opt("--eval-data", "Perplexity text: a .jsonl/.json/.csv/.parquet/.txt file or dataset dir "
+                                  "(default: held-out topics of the embedded corpus).")
+EvalTokensOpt = _opt("--eval-tokens", "Use at most this many tokens of eval text (default 4096).", int)
+SeqLenOpt = _opt("--seq-len", "Tokens per perplexity window (default: min(context, 512)).", int)
+SkipOpt = _opt("--skip-modules", "Comma-separated layer names kept in full precision (the output head always is).")
+ThresholdOpt = _opt("--threshold", "LLM.int8 outlier threshold: input features with |x| >= it stay 16-bit (6.0).",
+                    float)
+ComputeDtypeOpt = _opt("--compute-dtype", "auto | fp32 | bf16 | fp16: the 4-bit matmul dtype (auto: bf16 on a "
+                                          "CUDA GPU that has it, else fp32).")
+BlocksizeOpt = _opt("--blocksize", "Values per absmax block for nf4/fp4: 64 (default), 128, …, 4096.", int)
+DeviceOpt = _opt("--device", "auto | cpu | cuda (default auto).")
+
+
+@app.command("model", epilog=examples(
+    "llmkit quantize model -m runs/quickstart/pretrain/model --method nf4 --double-quant -o runs/model-nf4",
+    "llmkit quantize model -m ./model --method int8 --eval-data held_out.jsonl -o ./model-int8 --json",
+    "llmkit quantize model -m ./model --method fp4 --blocksize 128 --compute-dtype bf16 -o ./model-fp4"))
+@cli_command
+def model_cmd(
+    model: ModelOpt = None,
+    method: _opt("--method", "int8 | nf4 | fp4 (default nf4).") = None,
+    double_quant: _opt("--double-quant/--no-double-quant", "Quantize the 4-bit block constants too (4.127 bits at "
+                                                           "block 64).", bool) = None,
+    blocksize: BlocksizeOpt = None, compute_dtype: ComputeDtypeOpt = None, output_dir: OutputDirOpt = None,
+    eval_data: EvalDataOpt = None, text_field: TextFieldOpt = None, eval_tokens: EvalTokensOpt = None,
+    seq_len: SeqLenOpt = None, skip_modules: SkipOpt = None, threshold: ThresholdOpt = None, device: DeviceOpt = None,
+    overwrite: OverwriteOpt = None, trust_remote_code: TrustRemoteCodeOpt = None,
+    preset: PresetOpt = None, config: ConfigOpt = None, print_config: PrintConfigOpt = False, json_: JsonOpt = False,
+) -> None:
+    """Quantize a model with bitsandbytes and save it; sizes, bits per parameter, per-layer error, perplexity."""
+    from llmkit.config import QuantizeModelConfig
+
+    cfg = build_config(QuantizeModelConfig, preset, config, dict(
+        model=model, method=method, double_quant=double_quant, blocksize=blocksize, compute_dtype=compute_dtype,
+        output_dir=str(output_dir) if output_dir else None, eval_data=eval_data, text_field=text_field,
+        eval_tokens=eval_tokens, seq_len=seq_len, skip_modules=comma_list(skip_modules, "--skip-modules"),
+        threshold=threshold, device=device, overwrite=overwrite, trust_remote_code=trust_remote_code),
+        print_config, json_)
+    from llmkit.quantize_model import quantize_model
+
+    result = quantize_model(cfg, reporter(json_))
+    if json_:
+        emit_json(result)
+        return
+    out = console()
+    report = result.report
+    out.print(f"[bold]{result.model}[/bold] → {result.output_dir}: {_label(report)}, {report.quantized_layers} "
+              f"linear layers quantized in {report.seconds:.1f} s; perplexity on {report.perplexity['tokens']} tokens "
+              f"of {result.eval_source}", markup=True, highlight=False)
+    out.print(_reports_table([report]))
+    out.print(_layers_table(report))
+    if report.outliers:
+        o = report.outliers
+        out.print(f"LLM.int8 outliers (|x| ≥ {o['threshold']:g} on the eval text): {o['outlier_columns']} of "
+                  f"{o['columns']} input features ({o['share']:.3%}) in {o['layers_with_outliers']} layer(s) go "
+                  "through the 16-bit matmul")
+    if result.skipped_modules:
+        out.print(f"Kept in full precision: {', '.join(result.skipped_modules)}", markup=False)
+    out.print(f"Reloads quantized with AutoModelForCausalLM.from_pretrained('{result.output_dir}') "
+              f"({report.reload['layers']} layers, max |Δlogit| {report.reload['max_abs_logit_diff']:.2g})",
+              markup=False)
+
+
+@app.command("compare", epilog=examples(
+    "llmkit quantize compare -m runs/quickstart/pretrain/model",
+    "llmkit quantize compare -m ./model --methods nf4,nf4+dq --eval-data held_out.jsonl --json"))
+@cli_command
+def compare_cmd(
+    model: ModelOpt = None,
+    methods: _opt("--methods", "Comma-separated: int8, nf4, fp4, nf4+dq, fp4+dq (default int8,nf4,fp4,nf4+dq).") = None,
+    blocksize: BlocksizeOpt = None, compute_dtype: ComputeDtypeOpt = None, eval_data: EvalDataOpt = None,
+    text_field: TextFieldOpt = None, eval_tokens: EvalTokensOpt = None, seq_len: SeqLenOpt = None,
+    skip_modules: SkipOpt = None, threshold: ThresholdOpt = None, device: DeviceOpt = None,
+    trust_remote_code: TrustRemoteCodeOpt = None,
+    preset: PresetOpt = None, config: ConfigOpt = None, print_config: PrintConfigOpt = False, json_: JsonOpt = False,
+) -> None:
+    """int8, nf4, fp4 and nf4 + double quantization side by side on one model (nothing is saved)."""
+    from llmkit.config import QuantizeCompareConfig
+
+    cfg = build_config(QuantizeCompareConfig, preset, config, dict(
+        model=model, methods=comma_list(methods, "--methods"), blocksize=blocksize, compute_dtype=compute_dtype,
+        eval_data=eval_data, text_field=text_field, eval_tokens=eval_tokens, seq_len=seq_len,
+        skip_modules=comma_list(skip_modules, "--skip-modules"), threshold=threshold, device=device,
+        trust_remote_code=trust_remote_code), print_config, json_)
+    from llmkit.quantize_model import compare_methods
+
+    result = compare_methods(cfg, reporter(json_))
+    if json_:
+        emit_json(result)
+        return
+    out = console()
+    out.print(f"[bold]{result.model}[/bold]: perplexity {result.perplexity_before:.4g} before quantization, on "
+              f"{result.eval_tokens} tokens of {result.eval_source}")
+    out.print(_reports_table(result.reports))
+
+
+def _label(report) -> str:
+    if report.method == "int8":
+        return "int8 (LLM.int8, per-row scales)"
+    return f"{report.method}{' + double quant' if report.double_quant else ''}, block {report.blocksize}, " \
+           f"compute {report.compute_dtype}"
+
+
+def _size(n) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _reports_table(reports):
+    from rich.table import Table
+
+    table = Table(title_justify="left")
+    for column in ("method", "disk", "memory", "bits/param\ntheory / achieved / on disk", "‖W − Ŵ‖/‖W‖\nmean / max",
+                   "perplexity", "Δ"):
+        table.add_column(column, justify="right")
+    for r in reports:
+        s, b, e, p = r.size, r.bits_per_param, r.error, r.perplexity
+        table.add_row(r.method + ("+dq" if r.double_quant else ""),
+                      f"{_size(s['disk_before'])} → {_size(s['disk_after'])}",
+                      f"{_size(s['memory_before'])} → {_size(s['memory_after'])}",
+                      f"{b['theory']:.3f} / {b['achieved']:.3f} / " + (f"{b['on_disk']:.3f}" if b["on_disk"] else "?"),
+                      f"{e['mean_rel_frobenius']:.4f} / {e['max_rel_frobenius']:.4f}",
+                      f"{p['before']:.4g} → {p['after']:.4g}", f"{p['change_pct']:+.2f}%")
+    return table
+
+
+def _layers_table(report, limit: int = 12):
+    from rich.table import Table
+
+    layers = sorted(report.layers, key=lambda e: e.rel_frobenius, reverse=True)
+    table = Table(title=f"Reconstruction error, worst {min(limit, len(layers))} of {len(layers)} layers",
+                  title_justify="left")
+    for column in ("layer", "shape", "‖W − Ŵ‖/‖W‖", "max |W − Ŵ|"):
+        table.add_column(column, justify="right" if column != "layer" else "left")
+    for e in layers[:limit]:
+        table.add_row(e.name, "×".join(map(str, e.shape)), f"{e.rel_frobenius:.4f}", f"{e.max_abs:.3g}")
+    return table

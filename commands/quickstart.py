@@ -50,8 +50,20 @@ def quickstart(
                     f"({s['perplexity_fall']:.1f}x lower); loss {s['sparkline']}")
         elif stage.name == "sft":
             s = stage.summary
-            text = (f"{s['pairs']} question/answer pairs (ChatML, loss on answers), {s['steps']} steps; "
-                    f"{s['reproduced']}/{s['asked']} greedy answers reproduce the reference; loss {s['sparkline']}")
+            text = (f"LoRA adapter on {s['pairs']} question/answer pairs (loss on answers), {s['steps']} steps; "
+                    f"{s['reproduced']}/{s['asked']} greedy answers reproduce the reference; adapter "
+                    f"{s['adapter_bytes'] / 2**20:.1f} MiB vs model {s['model_bytes'] / 2**20:.1f} MiB; "
+                    f"loss {s['sparkline']}")
+        elif stage.name == "merge":
+            s = stage.summary
+            text = (f"{s['merged_modules']} layers folded into the base; merged = base + adapter on {s['probes']} "
+                    f"probe prompts (max |Δlogit| {s['max_abs_logit_diff']:.1e}, KL {s['kl_mean']:.1e})")
+        elif stage.name == "quantize":
+            s = stage.summary
+            text = (f"NF4 + double quantization ({s['bits_per_param']:.3f} bits/weight): "
+                    f"{s['disk_before'] / 2**20:.2f} -> {s['disk_after'] / 2**20:.2f} MiB on disk; "
+                    f"perplexity on the tuning chats {s['perplexity_before']:,.1f} -> {s['perplexity_after']:,.1f} "
+                    f"({s['perplexity_change_pct']:+.1f} %)")
         elif stage.name == "generate":
             text = f"{len(stage.summary['samples'])} prompts, greedy and sampled (below)"
         else:

@@ -16,12 +16,16 @@ from llmkit.commands._training import (BatchSizeOpt, DataOpt, DeepspeedOpt, Epoc
                                        MixedPrecisionOpt, ModelOpt, OptimizerOpt, ReportToOpt, ResumeOpt,
                                        SaveStepsOpt, SaveTotalLimitOpt, SchedulerOpt, SeqLenOpt, TrainableLayersOpt,
                                        WarmupRatioOpt, WeightDecayOpt, training_overrides, run_training)
+from llmkit.commands._training import (AnswersFieldOpt, ContextFieldOpt, DocStrideOpt, LabelAllSubtokensOpt,
+                                       LabelFieldOpt, LabelsOpt, MaxAnswerLengthOpt, QuestionFieldOpt, TagsFieldOpt,
+                                       TaskOpt, TextFieldTaskOpt, TextPairFieldOpt, TokensFieldOpt, task_overrides)
 from llmkit.config import SFTConfig
 from llmkit.errors import EXIT_FAILURE
 
 EPILOG = examples(
     "llmkit sft -m runs/quickstart/pretrain/model --data qa.jsonl --template chatml -o runs/sft --epochs 3",
-    "llmkit sft -m Qwen/Qwen2.5-0.5B-Instruct --data chats.jsonl --multi-turn all --pack --seq-len 1024 -o runs/q",
+    "llmkit sft --task seq-cls -m ./bert --data reviews.jsonl --label-field sentiment --eval-split 0.1 -o runs/cls"
+    "   (also token-cls, extractive-qa)",
     "llmkit sft -m ./model --data alpaca.json --preview 2   (what is trained, highlighted; --check lints)",
     "llmkit sft --preset full-0.3b-4gb -m ./qwen-0.5b --data qa.jsonl -o runs/ft   (full fine-tune on a 4 GB GPU)",
 )
@@ -59,7 +63,7 @@ def register(app: typer.Typer) -> None:
 @cli_command
 def sft(
     model: ModelOpt = None, tokenizer: TokenizerOpt = None, from_scratch: FromScratchOpt = None,
-    data: DataOpt = None, format: FormatOpt = None, template: TemplateOpt = None,
+    data: DataOpt = None, task: TaskOpt = None, format: FormatOpt = None, template: TemplateOpt = None,
     chat_template: ChatTemplateOpt = None, multi_turn: MultiTurnOpt = None, train_on_prompt: TrainOnPromptOpt = None,
     messages_field: _field("--messages-field", "messages, then conversations") = None,
     prompt_field: _field("--prompt-field", "prompt") = None,
@@ -68,6 +72,11 @@ def sft(
     input_field: _field("--input-field", "input") = None,
     output_field: _field("--output-field", "output") = None,
     system_field: _field("--system-field", "system") = None,
+    text_field: TextFieldTaskOpt = None, text_pair_field: TextPairFieldOpt = None, label_field: LabelFieldOpt = None,
+    labels: LabelsOpt = None, tokens_field: TokensFieldOpt = None, tags_field: TagsFieldOpt = None,
+    label_all_subtokens: LabelAllSubtokensOpt = None, question_field: QuestionFieldOpt = None,
+    context_field: ContextFieldOpt = None, answers_field: AnswersFieldOpt = None, doc_stride: DocStrideOpt = None,
+    max_answer_length: MaxAnswerLengthOpt = None,
     eval_data: EvalDataOpt = None, eval_split: EvalSplitOpt = None, seq_len: SeqLenOpt = None, pack: SftPackOpt = None,
     preview: PreviewOpt = None, check: CheckOpt = None,
     batch_size: BatchSizeOpt = None, grad_accum: GradAccumOpt = None, lr: LrSftOpt = None, epochs: EpochsOpt = None,
@@ -85,8 +94,12 @@ def sft(
 
     Each reply's end-of-turn / eos token is trained (also when pad == eos), so the model learns to stop. The chat
     template used is saved with the model, so `llmkit generate --message/--chat` renders the same way.
+    --task seq-cls | token-cls | extractive-qa trains a classification, NER or extractive-QA head instead.
     """
     overrides = training_overrides(
+        **task_overrides(task, text_field, text_pair_field, label_field, labels, tokens_field, tags_field,
+                         label_all_subtokens, question_field, context_field, answers_field, doc_stride,
+                         max_answer_length),
         model=model, tokenizer=tokenizer, from_scratch=from_scratch, data=data, format=format, template=template,
         chat_template=chat_template, multi_turn=multi_turn, train_on_prompt=train_on_prompt,
         messages_field=messages_field, prompt_field=prompt_field, completion_field=completion_field,
@@ -129,7 +142,37 @@ def sft(
     if json_:
         emit_json(result)
         return
+    if cfg.task != "chat":
+        render_task(result)
+        return
     render(result)
+
+
+def render_task(result) -> None:
+    from rich.table import Table
+
+    out = console()
+    table = Table(title=f"sft --task {result.task}: {result.steps} steps in {result.seconds:.1f} s",
+                  title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    table.add_row("loss curve", result.sparkline)
+    if result.train_loss is not None:
+        table.add_row("final train loss", f"{result.train_loss:.4f}")
+    for name, value in result.metrics.items():
+        before = result.initial_metrics.get(name)
+        table.add_row(f"eval {name.replace('_', ' ')}", f"{value:.4f}" + (f" (before: {before:.4f})"
+                                                                           if before is not None else ""))
+    table.add_row("examples", f"{result.examples:,} ({result.train_rows:,} rows)"
+                  + (f", {result.eval_examples:,} eval" if result.eval_examples else ""))
+    if result.labels:
+        table.add_row("labels", ", ".join(result.labels))
+    table.add_row("parameters", f"{result.parameters:,} ({result.trainable_parameters:,} trainable)")
+    table.add_row("throughput", f"{result.tokens_per_second:,.0f} tokens/s")
+    out.print(table)
+    out.print("written:", markup=False)
+    for name, path in result.files.items():
+        out.print(f"  {name.replace('_', ' ')}: {path}", markup=False, soft_wrap=True)
 
 
 def render_preview(shown) -> None:

@@ -4,7 +4,9 @@ _llmkit() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         word="${COMP_WORDS[i]}"
         case "$path:$word" in
+            "quantize:compare") path="quantize compare" ;;
             "quantize:explain") path="quantize explain" ;;
+            "quantize:model") path="quantize model" ;;
             "tokenize:dataset") path="tokenize dataset" ;;
             "tokenize:show") path="tokenize show" ;;
             "tokenize:stats") path="tokenize stats" ;;
@@ -13,7 +15,10 @@ _llmkit() {
             ":completion") path="completion" ;;
             ":env") path="env" ;;
             ":generate") path="generate" ;;
+            ":launch") path="launch" ;;
             ":memory-estimate") path="memory-estimate" ;;
+            ":merge") path="merge" ;;
+            ":peft") path="peft" ;;
             ":presets") path="presets" ;;
             ":pretrain") path="pretrain" ;;
             ":quantize") path="quantize" ;;
@@ -59,10 +64,38 @@ _llmkit() {
                 --stop) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --dtype) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --device) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --text-pair) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --question) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --context) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --doc-stride) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-answer-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --aggregation) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --pooling) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --adapter --task --prompt -p --message --system --chat-template --input --output --chat --batch-size --max-new-tokens --min-new-tokens --max-length --min-length --do-sample --greedy --num-beams --num-return-sequences --length-penalty --early-stopping --no-early-stopping --no-repeat-ngram-size --temperature --top-k --top-p --min-p --typical-p --repetition-penalty --seed --stop --dtype --device --load-in-8bit --load-in-4bit --trust-remote-code --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--model -m --adapter --task --prompt -p --message --system --chat-template --input --output --chat --batch-size --max-new-tokens --min-new-tokens --max-length --min-length --do-sample --greedy --num-beams --num-return-sequences --length-penalty --early-stopping --no-early-stopping --no-repeat-ngram-size --temperature --top-k --top-p --min-p --typical-p --repetition-penalty --seed --stop --dtype --device --load-in-8bit --load-in-4bit --trust-remote-code --text-pair --question --context --doc-stride --max-answer-length --allow-no-answer --aggregation --pooling --normalize --preset --config --print-config --json --help -h" -- "$cur"))
+            [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
+        "launch")
+            case "$prev" in
+                --strategy) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --num-processes) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --nodes) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --node-rank) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --main-ip) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --main-port) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --hostfile) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --mixed-precision) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --offload-device) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --nvme-path) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --gpu-memory) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --threads-per-process) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --timeout) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --write-config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+            esac
+            COMPREPLY=($(compgen -W "--strategy --num-processes --nodes --node-rank --main-ip --main-port --hostfile --mixed-precision --offload-device --nvme-path --cpu --gpu-memory --threads-per-process --timeout --write-config --dry-run --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "memory-estimate")
             case "$prev" in
@@ -99,6 +132,101 @@ _llmkit() {
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
             COMPREPLY=($(compgen -W "--params --model --mode --task --precision --mixed-precision --quant --double-quant --optimizer --peft --lora-rank --lora-targets --num-virtual-tokens --freeze-base --trainable-layers --batch-size --seq-len --grad-accum --grad-checkpointing --no-grad-checkpointing --attention --zero --offload --gpus --nodes --gpu-memory --overhead --layers --hidden --heads --kv-heads --vocab --intermediate --plan --explain --preset --config --print-config --json --help -h" -- "$cur"))
+            [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
+        "merge")
+            case "$prev" in
+                --adapter|-a) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --base|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --output-dir|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --dtype) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --strategy) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --tolerance) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --probe) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-shard-size) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+            esac
+            COMPREPLY=($(compgen -W "--adapter -a --base -m --output-dir -o --dtype --strategy --verify --no-verify --tolerance --probe --max-shard-size --overwrite --trust-remote-code --preset --config --print-config --json --help -h" -- "$cur"))
+            [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
+        "peft")
+            case "$prev" in
+                --method) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --tokenizer|-t) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --objective) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --task) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --format) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --template) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --chat-template) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --multi-turn) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --messages-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --prompt-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --completion-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --instruction-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --input-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --output-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --system-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --text-pair-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --label-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --labels) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --tokens-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --tags-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --question-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --context-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --answers-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --doc-stride) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-answer-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --eval-data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --eval-split) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --seq-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --preview) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --lora-rank) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --lora-alpha) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --lora-dropout) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --lora-targets) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --modules-to-save) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --ia3-targets) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --ia3-feedforward) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --num-virtual-tokens) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --prompt-init) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --prompt-init-text) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --encoder) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --encoder-hidden-size) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --quant) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --compute-dtype) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --base-dtype) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --batch-size|-b) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --grad-accum) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --lr) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --epochs) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-steps) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --warmup-ratio) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --scheduler) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --weight-decay) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-grad-norm) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --optimizer) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --mixed-precision) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --trainable-layers) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --eval-steps) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --save-steps) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --save-total-limit) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --logging-steps) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --seed) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --output-dir|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --resume) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --report-to) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --deepspeed) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --mlm-probability) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --mask-replace-prob) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --random-replace-prob) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --noise-density) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --mean-span-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+            esac
+            COMPREPLY=($(compgen -W "--method --model -m --tokenizer -t --from-scratch --objective --data --task --format --template --chat-template --multi-turn --train-on-prompt --messages-field --prompt-field --completion-field --instruction-field --input-field --output-field --system-field --text-field --text-pair-field --label-field --labels --tokens-field --tags-field --label-all-subtokens --question-field --context-field --answers-field --doc-stride --max-answer-length --eval-data --eval-split --seq-len --pack --padding-free --preview --check --lora-rank --lora-alpha --lora-dropout --lora-targets --modules-to-save --use-rslora --use-dora --ia3-targets --ia3-feedforward --num-virtual-tokens --prompt-init --prompt-init-text --encoder --encoder-hidden-size --prefix-projection --no-prefix-projection --quant --double-quant --compute-dtype --base-dtype --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --mlm-probability --mask-replace-prob --random-replace-prob --whole-word-masking --noise-density --mean-span-length --trust-remote-code --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "presets")
             COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
@@ -144,6 +272,24 @@ _llmkit() {
             esac
             COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --objective --data --text-field --eval-data --eval-split --seq-len --pack --padding-free --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --mlm-probability --mask-replace-prob --random-replace-prob --whole-word-masking --noise-density --mean-span-length --trust-remote-code --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
+        "quantize compare")
+            case "$prev" in
+                --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --methods) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --blocksize) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --compute-dtype) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --eval-data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --eval-tokens) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --seq-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --skip-modules) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --threshold) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --device) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+            esac
+            COMPREPLY=($(compgen -W "--model -m --methods --blocksize --compute-dtype --eval-data --text-field --eval-tokens --seq-len --skip-modules --threshold --device --trust-remote-code --preset --config --print-config --json --help -h" -- "$cur"))
+            [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "quantize explain")
             case "$prev" in
                 --method) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -156,8 +302,27 @@ _llmkit() {
             esac
             COMPREPLY=($(compgen -W "--method --values --shape --blocksize --double-quant --threshold --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
+        "quantize model")
+            case "$prev" in
+                --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --method) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --blocksize) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --compute-dtype) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --output-dir|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --eval-data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --eval-tokens) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --seq-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --skip-modules) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --threshold) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --device) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+            esac
+            COMPREPLY=($(compgen -W "--model -m --method --double-quant --no-double-quant --blocksize --compute-dtype --output-dir -o --eval-data --text-field --eval-tokens --seq-len --skip-modules --threshold --device --overwrite --trust-remote-code --preset --config --print-config --json --help -h" -- "$cur"))
+            [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "quantize")
-            COMPREPLY=($(compgen -W "explain --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "compare explain model --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "quickstart")
             case "$prev" in
@@ -173,6 +338,7 @@ _llmkit() {
                 --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --tokenizer|-t) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --task) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --format) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --template) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --chat-template) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -184,6 +350,17 @@ _llmkit() {
                 --input-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --output-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --system-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --text-pair-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --label-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --labels) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --tokens-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --tags-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --question-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --context-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --answers-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --doc-stride) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-answer-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --eval-data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --eval-split) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --seq-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -212,7 +389,7 @@ _llmkit() {
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --data --format --template --chat-template --multi-turn --train-on-prompt --messages-field --prompt-field --completion-field --instruction-field --input-field --output-field --system-field --eval-data --eval-split --seq-len --pack --preview --check --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --trust-remote-code --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --data --task --format --template --chat-template --multi-turn --train-on-prompt --messages-field --prompt-field --completion-field --instruction-field --input-field --output-field --system-field --text-field --text-pair-field --label-field --labels --tokens-field --tags-field --label-all-subtokens --question-field --context-field --answers-field --doc-stride --max-answer-length --eval-data --eval-split --seq-len --pack --preview --check --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --trust-remote-code --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "tokenize dataset")
             case "$prev" in
@@ -279,7 +456,7 @@ _llmkit() {
             COMPREPLY=($(compgen -W "dataset show stats train vocab --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "")
-            COMPREPLY=($(compgen -W "completion env generate memory-estimate presets pretrain quantize quickstart sft tokenize --version --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "completion env generate launch memory-estimate merge peft presets pretrain quantize quickstart sft tokenize --version --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
     esac
 }

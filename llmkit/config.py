@@ -367,9 +367,9 @@ class TrainArgs:
 
 
 @dataclass(frozen=True)
-class PretrainConfig(TrainArgs, OptimArgs, DataArgs, ModelArgs):
-    preset_kind: ClassVar[str] = "pretrain"
-    objective: Objective = "causal-lm"
+class ObjectiveArgs:
+    """The pretraining objectives' knobs, shared by `pretrain` and `peft --objective`."""
+
     mlm_probability: float = 0.15      # masked-lm: share of tokens chosen for prediction
     mask_replace_prob: float = 0.8     # masked-lm: of the chosen, replaced by the mask token
     random_replace_prob: float = 0.1   # masked-lm: of the chosen, replaced by a random token (the rest unchanged)
@@ -377,16 +377,7 @@ class PretrainConfig(TrainArgs, OptimArgs, DataArgs, ModelArgs):
     noise_density: float = 0.15        # seq2seq: share of tokens corrupted (T5 span corruption)
     mean_span_length: float = 3.0      # seq2seq: mean corrupted span, tokens
 
-    def __post_init__(self) -> None:
-        problems: list[str] = []
-        self._model_problems(problems)
-        self._data_problems(problems)
-        self._optim_problems(problems)
-        self._train_problems(problems)
-        if (self.pack or self.padding_free) and self.objective in ("seq2seq", "prefix-lm"):
-            problems.append(f"--pack/--padding-free apply to causal-lm and masked-lm, not {self.objective}")
-        if self.padding_free and self.objective != "causal-lm":
-            problems.append("--padding-free (position ids restart per document) is for --objective causal-lm")
+    def _objective_problems(self, problems: list[str]) -> None:
         for flag, value in (("--mlm-probability", self.mlm_probability), ("--noise-density", self.noise_density)):
             if value is not None and not 0 < value < 1:
                 problems.append(f"{flag} must be between 0 and 1 (got {value})")
@@ -399,6 +390,24 @@ class PretrainConfig(TrainArgs, OptimArgs, DataArgs, ModelArgs):
                             f"(got {self.mask_replace_prob} + {self.random_replace_prob})")
         if self.mean_span_length is not None and self.mean_span_length < 1:
             problems.append(f"--mean-span-length must be at least 1 (got {self.mean_span_length})")
+
+
+@dataclass(frozen=True)
+class PretrainConfig(ObjectiveArgs, TrainArgs, OptimArgs, DataArgs, ModelArgs):
+    preset_kind: ClassVar[str] = "pretrain"
+    objective: Objective = "causal-lm"
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        self._model_problems(problems)
+        self._data_problems(problems)
+        self._optim_problems(problems)
+        self._train_problems(problems)
+        if (self.pack or self.padding_free) and self.objective in ("seq2seq", "prefix-lm"):
+            problems.append(f"--pack/--padding-free apply to causal-lm and masked-lm, not {self.objective}")
+        if self.padding_free and self.objective != "causal-lm":
+            problems.append("--padding-free (position ids restart per document) is for --objective causal-lm")
+        self._objective_problems(problems)
         validate(problems)
 
     @property
@@ -407,8 +416,14 @@ class PretrainConfig(TrainArgs, OptimArgs, DataArgs, ModelArgs):
         return {"causal-lm": "causal-lm", "prefix-lm": "causal-lm", "masked-lm": "masked-lm",
                 "seq2seq": "seq2seq"}[self.objective]
 
+    @property
+    def model_task(self) -> str:
+        """The Auto class family (llmkit.modeling.AUTO_CLASSES key): the same name across training configs."""
+        return self.task
+
 
 SFTFormat = Literal["auto", "alpaca", "messages", "sharegpt", "prompt-completion"]
+SFTTask = Literal["chat", "seq-cls", "token-cls", "extractive-qa"]
 MultiTurn = Literal["all", "last", "expand"]
 
 
@@ -433,6 +448,21 @@ class SFTConfig(TrainArgs, OptimArgs, DataArgs, ModelArgs):
     system_field: str = "system"
     preview: int | None = None         # show N encoded examples and exit (nothing is trained)
     check: bool = False                # lint data, template and tokenizer, then exit
+    # ---- task heads (#10): --task seq-cls | token-cls | extractive-qa; --task chat (default) ignores this block.
+    # seq-cls reads DataArgs' --text-field (default text); --seq-len is the longest input (longer is truncated).
+    task: SFTTask = "chat"
+    text_pair_field: str | None = None  # seq-cls: second text of a pair (NLI, paraphrase)
+    label_field: str = "label"         # seq-cls: a label name or id per example; floats train a regression
+    labels: tuple[str, ...] = ()       # seq-cls/token-cls: the label names in id order (default: from --data, sorted)
+    tokens_field: str = "tokens"       # token-cls: a list of words per example (CoNLL-style)
+    tags_field: str = "tags"           # token-cls: one tag (BIO name or id) per word
+    label_all_subtokens: bool = False  # token-cls: label every sub-token of a word (B- becomes I- after the first)
+    question_field: str = "question"   # extractive-qa
+    context_field: str = "context"
+    answers_field: str = "answers"     # {"text": [...], "answer_start": [...]} (SQuAD) or one {text, answer_start}
+    doc_stride: int | None = None      # extractive-qa: tokens shared by a long context's windows (128, at most
+                                       # a quarter of --seq-len)
+    max_answer_length: int = 30        # extractive-qa evaluation: longest predicted answer, tokens
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -451,14 +481,152 @@ class SFTConfig(TrainArgs, OptimArgs, DataArgs, ModelArgs):
             problems.append(f"--preview must be greater than 0 (got {self.preview})")
         if self.preview is not None and self.check:
             problems.append("give one of --preview N and --check")
+        self._task_problems(problems)
         validate(problems)
 
+    def _task_problems(self, problems: list[str]) -> None:
+        if self.task == "chat":
+            return
+        if self.preview is not None or self.check:
+            problems.append(f"--preview and --check inspect chat templates; --task {self.task} has none")
+        if self.pack:
+            problems.append(f"--pack applies to --task chat, not {self.task} (one example per row)")
+        if self.template is not None or self.chat_template is not None or self.train_on_prompt:
+            problems.append(f"--template/--chat-template/--train-on-prompt apply to --task chat, not {self.task}")
+        if len(set(self.labels)) != len(self.labels):
+            problems.append("--labels must not repeat a label")
+        if self.labels and self.task == "extractive-qa":
+            problems.append("--labels applies to seq-cls and token-cls, not extractive-qa")
+        if self.task == "extractive-qa":
+            _positive(problems, "--doc-stride", self.doc_stride)
+            _positive(problems, "--max-answer-length", self.max_answer_length)
+            if self.doc_stride is not None and self.seq_len is not None and 0 < self.seq_len <= self.doc_stride:
+                problems.append(f"--doc-stride {self.doc_stride} must be smaller than --seq-len {self.seq_len} "
+                                "(windows overlap by --doc-stride tokens and must move forward)")
+
     @property
-    def task(self) -> str:
-        return "causal-lm"
+    def model_task(self) -> str:
+        """The transformers Auto class family this run trains (llmkit.modeling.AUTO_CLASSES key)."""
+        return "causal-lm" if self.task == "chat" else self.task
 
 
-GenerateTask = Literal["text-generation", "summarization", "translation", "fill-mask"]
+PeftMethod = Literal["lora", "ia3", "prompt-tuning", "p-tuning", "prefix-tuning"]
+PeftObjective = Literal["sft", "causal-lm", "masked-lm", "seq2seq", "prefix-lm"]
+PromptInit = Literal["random", "text"]
+PromptEncoder = Literal["mlp", "lstm"]
+BaseDtype = Literal["fp32", "bf16", "fp16"]
+ComputeDtype = Literal["auto", "fp32", "bf16", "fp16"]
+PROMPT_METHODS = ("prompt-tuning", "p-tuning", "prefix-tuning")
+# the usual starting points (peft's examples and papers): adapters want far larger steps than full fine-tuning
+DEFAULT_PEFT_LR = {"lora": 2e-4, "ia3": 3e-3, "prompt-tuning": 3e-2, "p-tuning": 1e-3, "prefix-tuning": 1e-2}
+
+
+@dataclass(frozen=True)
+class PeftArgs:
+    method: PeftMethod = "lora"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0           # LoRA's update is scaled by alpha / rank (alpha / sqrt(rank) with rsLoRA)
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ()  # module names or ("all-linear",); default: peft's choice for the architecture
+    modules_to_save: tuple[str, ...] = ()  # modules trained in full and saved with the adapter (e.g. lm_head)
+    use_rslora: bool = False
+    use_dora: bool = False
+    ia3_targets: tuple[str, ...] = ()   # default: peft's key/value/feed-forward modules for the architecture
+    ia3_feedforward: tuple[str, ...] = ()  # which of the targets are feed-forward (scaled on their input)
+    num_virtual_tokens: int = 20        # prompt-tuning, p-tuning, prefix-tuning
+    prompt_init: PromptInit | None = None  # default: text when --prompt-init-text is given, else random
+    prompt_init_text: str | None = None
+    encoder: PromptEncoder = "mlp"      # p-tuning's prompt encoder
+    encoder_hidden_size: int | None = None  # p-tuning; default: the model's hidden size
+    prefix_projection: bool = False     # prefix-tuning: learn the prefix through a two-layer MLP
+    quant: Quant = "none"               # QLoRA: load the base through bitsandbytes (with --method lora)
+    double_quant: bool = False          # nf4/fp4: quantize the per-block constants too
+    compute_dtype: ComputeDtype = "auto"  # 4-bit matmuls; auto: bf16 on a GPU that has it, else fp32
+    base_dtype: BaseDtype = "fp32"      # the frozen base's weights (adapters stay fp32): bf16 halves the base
+
+    def _peft_problems(self, problems: list[str]) -> None:
+        for flag, value in (("--lora-rank", self.lora_rank), ("--lora-alpha", self.lora_alpha),
+                            ("--num-virtual-tokens", self.num_virtual_tokens),
+                            ("--encoder-hidden-size", self.encoder_hidden_size)):
+            _positive(problems, flag, value)
+        if self.lora_dropout is not None and not 0 <= self.lora_dropout < 1:
+            problems.append(f"--lora-dropout must be in [0, 1) (got {self.lora_dropout})")
+        if self.prompt_init == "text" and not self.prompt_init_text:
+            problems.append("--prompt-init text needs --prompt-init-text \"...\" (the hard prompt to start from)")
+        if self.prompt_init == "random" and self.prompt_init_text:
+            problems.append("--prompt-init-text is the text initialisation: drop it or use --prompt-init text")
+        if self.quant != "none" and self.method != "lora":
+            problems.append(f"--quant {self.quant} (QLoRA) trains LoRA adapters on a quantized base: use --method lora "
+                            f"(not {self.method})")
+        if self.double_quant and self.quant not in ("nf4", "fp4"):
+            problems.append("--double-quant applies to 4-bit bases: add --quant nf4 or --quant fp4")
+        if self.base_dtype != "fp32" and self.quant != "none":
+            problems.append(f"--base-dtype {self.base_dtype} is for an unquantized base: with --quant, peft keeps "
+                            "the parts bitsandbytes leaves alone in fp32 for stable training")
+        ia3_extra = set(self.ia3_feedforward) - set(self.ia3_targets)
+        if self.ia3_targets and ia3_extra:
+            problems.append(f"--ia3-feedforward {', '.join(sorted(ia3_extra))} must also be in --ia3-targets "
+                            "(peft scales feed-forward targets on their input)")
+        if "all-linear" in self.lora_targets and len(self.lora_targets) > 1:
+            problems.append("--lora-targets all-linear already names every linear layer: give it alone")
+
+
+@dataclass(frozen=True)
+class PeftConfig(PeftArgs, ObjectiveArgs, SFTConfig):
+    """`llmkit peft`: the sft (or pretraining) run with the base frozen and only an adapter trained.
+
+    The training itself is `sft` (`--objective sft`, the default, with every --task) or `pretrain` (any other
+    objective: continued pretraining through an adapter); `training_config()` is that command's config."""
+
+    preset_kind: ClassVar[str] = "peft"
+    objective: PeftObjective = "sft"
+    lr: float | None = None            # default: DEFAULT_PEFT_LR for the method
+
+    def __post_init__(self) -> None:
+        if self.lr is None and self.method in DEFAULT_PEFT_LR:   # resolved here, so configs show the value used
+            object.__setattr__(self, "lr", DEFAULT_PEFT_LR[self.method])
+        problems: list[str] = []
+        self._peft_problems(problems)
+        if self.from_scratch:
+            problems.append("--from-scratch: adapters train on a pretrained base; train the model first with "
+                            "`llmkit pretrain`")
+        if self.freeze_base or self.trainable_layers is not None:
+            problems.append("--freeze-base/--trainable-layers choose what full fine-tuning trains; with peft only "
+                            "the adapter (and --modules-to-save) trains")
+        if self.objective != "sft" and self.task != "chat":
+            problems.append(f"--task {self.task} trains with --objective sft (got --objective {self.objective})")
+        if self.method in PROMPT_METHODS and self.objective == "masked-lm":
+            problems.append(f"{self.method} needs a peft task type, and peft has none for masked-LM models: use "
+                            "--method lora or ia3 for a masked LM")
+        if self.method in PROMPT_METHODS and (self.pack or self.padding_free):
+            problems.append(f"--pack/--padding-free restart position ids inside a row, which {self.method}'s "
+                            "virtual tokens cannot follow: drop --pack")
+        try:
+            self.training_config()
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        validate(problems)
+
+    def training_config(self) -> "SFTConfig | PretrainConfig":
+        """The config of the run the adapter trains in (sft for --objective sft, else pretrain)."""
+        from dataclasses import fields
+
+        target = SFTConfig if self.objective == "sft" else PretrainConfig
+        values = {f.name: getattr(self, f.name) for f in fields(target) if hasattr(self, f.name)}
+        if target is PretrainConfig:
+            values["objective"] = self.objective
+        return target(**values)
+
+    @property
+    def model_task(self) -> str:
+        return self.training_config().model_task
+
+
+GenerateTask = Literal["text-generation", "summarization", "translation", "fill-mask", "text-classification",
+                       "token-classification", "question-answering", "feature-extraction"]
+ANALYSIS_TASKS = ("text-classification", "token-classification", "question-answering", "feature-extraction")
+Pooling = Literal["mean", "cls"]
+Aggregation = Literal["simple", "first"]
 GenerateDtype = Literal["auto", "fp32", "fp16", "bf16"]
 GenerateDevice = Literal["auto", "cpu", "cuda"]
 
@@ -504,11 +672,27 @@ class GenerateConfig:
     load_in_8bit: bool = False
     load_in_4bit: bool = False
     trust_remote_code: bool = False
+    # ---- the task heads (#10): text-classification, token-classification, question-answering, feature-extraction
+    text_pair: str | None = None       # text-classification: the second text of a pair (NLI)
+    question: str | None = None        # question-answering
+    context: str | None = None         # question-answering: the text the answer is taken from
+    doc_stride: int | None = None      # question-answering: tokens shared by a long context's windows (default 128)
+    max_answer_length: int | None = None  # question-answering: longest answer, tokens (default 15)
+    allow_no_answer: bool = False      # question-answering: the empty answer competes (models trained on SQuAD v2)
+    aggregation: Aggregation = "simple"  # token-classification: simple (tokens) | first (a word's first sub-token)
+    pooling: Pooling = "mean"          # feature-extraction: mean over the attention mask, or the first (CLS) token
+    normalize: bool = False            # feature-extraction: unit-length (L2) vectors
 
     def __post_init__(self) -> None:
         problems: list[str] = []
         if not self.model and not self.adapter:
             problems.append("--model is required")
+        if self.task in ANALYSIS_TASKS:
+            self._analysis_problems(problems)
+            validate(problems)
+            return
+        if self.question is not None or self.context is not None:
+            problems.append("--question and --context are for --task question-answering")
         modes = [flag for flag, given in (("--prompt", self.prompt is not None), ("--message", self.message is not None),
                                           ("--input", self.input is not None), ("--chat", self.chat)) if given]
         if len(modes) != 1:
@@ -550,6 +734,64 @@ class GenerateConfig:
             problems.append("give one of --load-in-8bit and --load-in-4bit")
         validate(problems)
 
+    def _analysis_problems(self, problems: list[str]) -> None:
+        task = self.task
+        qa = task == "question-answering"
+        if self.message is not None or self.chat or self.system is not None or self.chat_template is not None:
+            problems.append(f"--task {task} takes " + ("--question and --context" if qa else "--prompt TEXT")
+                            + " or --input; --message, --chat, --system and --chat-template are for chat models")
+        if qa:
+            if self.prompt is not None:
+                problems.append("--task question-answering takes --question and --context, not --prompt")
+            if self.input is None and (self.question is None or self.context is None):
+                missing = " and ".join(f for f, v in (("--question", self.question), ("--context", self.context))
+                                       if v is None)
+                problems.append(f"--task question-answering needs {missing} (the answer is a span of --context), "
+                                "or --input with `question` and `context` per line")
+        else:
+            if self.question is not None or self.context is not None:
+                problems.append(f"--question and --context are for --task question-answering, not {task}")
+            if self.input is None and self.prompt is None:
+                problems.append(f"--task {task} needs --prompt TEXT, or --input with a `text` per line")
+        if self.input is not None and (self.prompt is not None or self.question is not None):
+            problems.append("give --input (batch) or a single input, not both")
+        if (self.input is None) != (self.output is None):
+            problems.append("--input and --output go together (batch mode)")
+        if self.output is not None and self.output.endswith(".npy") and task != "feature-extraction":
+            problems.append(f"--output .npy holds embeddings (--task feature-extraction); {task} writes JSONL")
+        if self.text_pair is not None and task != "text-classification":
+            problems.append("--text-pair is for --task text-classification")
+        for flag, value, owner in (("--doc-stride", self.doc_stride, "question-answering"),
+                                   ("--max-answer-length", self.max_answer_length, "question-answering"),
+                                   ("--allow-no-answer", self.allow_no_answer or None, "question-answering"),
+                                   ("--aggregation", None if self.aggregation == "simple" else self.aggregation,
+                                    "token-classification"),
+                                   ("--pooling", None if self.pooling == "mean" else self.pooling,
+                                    "feature-extraction"),
+                                   ("--normalize", self.normalize or None, "feature-extraction")):
+            if value is not None and task != owner:
+                problems.append(f"{flag} is for --task {owner}, not {task}")
+        if self.top_k is not None and task in ("token-classification", "feature-extraction"):
+            problems.append(f"--top-k applies to text-classification and question-answering, not {task}")
+        if self.top_k is not None and self.top_k < 1:
+            problems.append(f"--top-k must be at least 1 for --task {task} (got {self.top_k})")
+        decoding = [flag for flag, value in (
+            ("--max-new-tokens", self.max_new_tokens), ("--min-new-tokens", self.min_new_tokens),
+            ("--min-length", self.min_length), ("--do-sample/--greedy", self.do_sample),
+            ("--num-beams", self.num_beams), ("--num-return-sequences", self.num_return_sequences),
+            ("--temperature", self.temperature), ("--top-p", self.top_p), ("--min-p", self.min_p),
+            ("--typical-p", self.typical_p), ("--repetition-penalty", self.repetition_penalty),
+            ("--length-penalty", self.length_penalty), ("--early-stopping", self.early_stopping),
+            ("--no-repeat-ngram-size", self.no_repeat_ngram_size)) if value is not None]
+        if decoding or self.stop:
+            problems.append(f"{', '.join(decoding + (['--stop'] if self.stop else []))}: decoding flags do not "
+                            f"apply to --task {task} (nothing is generated)")
+        for flag, value in (("--batch-size", self.batch_size), ("--max-length", self.max_length),
+                            ("--doc-stride", self.doc_stride), ("--max-answer-length", self.max_answer_length)):
+            _positive(problems, flag, value)
+        if self.doc_stride is not None and self.max_length is not None and self.doc_stride >= self.max_length:
+            problems.append(f"--doc-stride {self.doc_stride} must be smaller than --max-length {self.max_length}")
+
 
 ExplainMethod = Literal["absmax-int8", "vector-int8", "llm-int8", "nf4", "fp4"]
 
@@ -586,4 +828,169 @@ class QuantizeExplainConfig:
         _positive(problems, "--threshold", self.threshold)
         if any(v != v or v in (float("inf"), float("-inf")) for v in self.values):
             problems.append("--values must be finite numbers (no nan or inf)")
+        validate(problems)
+
+
+QuantMethod = Literal["int8", "nf4", "fp4"]
+Device = Literal["auto", "cpu", "cuda"]
+COMPARE_METHODS = ("int8", "nf4", "fp4", "nf4+dq")
+
+
+def _quant_model_problems(problems: list[str], cfg) -> None:
+    from llmkit.quantize import SUPPORTED_4BIT_BLOCKSIZES
+
+    if not cfg.model:
+        problems.append("--model is required: a model dir or hub id")
+    if cfg.blocksize is not None and cfg.blocksize not in SUPPORTED_4BIT_BLOCKSIZES:
+        problems.append(f"--blocksize {cfg.blocksize} is not supported by bitsandbytes for 4-bit; choose one of "
+                        f"{', '.join(map(str, SUPPORTED_4BIT_BLOCKSIZES))}")
+    _positive(problems, "--eval-tokens", cfg.eval_tokens)
+    _positive(problems, "--seq-len", cfg.seq_len)
+    _positive(problems, "--threshold", cfg.threshold)
+    if cfg.seq_len is not None and cfg.seq_len < 2:
+        problems.append(f"--seq-len must be at least 2 (got {cfg.seq_len}): perplexity needs a next token")
+
+
+@dataclass(frozen=True)
+class QuantizeModelConfig:
+    preset_kind: ClassVar[str] = "quantize"
+    model: str = ""
+    method: QuantMethod = "nf4"
+    double_quant: bool = False          # quantize the 4-bit block constants too (nf4/fp4): 4.127 bits at block 64
+    blocksize: int | None = None        # values per absmax block (nf4/fp4); None = 64
+    compute_dtype: ComputeDtype = "auto"  # 4-bit matmul dtype; auto = bf16 on a CUDA GPU that has it, else fp32
+    output_dir: str = ""
+    eval_data: str | None = None        # perplexity text; None = held-out topics of the embedded corpus
+    text_field: str = "text"
+    eval_tokens: int = 4096             # at most this many tokens of eval text
+    seq_len: int | None = None          # tokens per perplexity window; None = min(context, 512)
+    skip_modules: tuple[str, ...] = ()  # linear layers kept in full precision (besides the output head)
+    threshold: float = 6.0              # LLM.int8 outlier threshold: input features with |x| >= it stay 16-bit
+    device: Device = "auto"
+    overwrite: bool = False
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        _quant_model_problems(problems, self)
+        if not self.output_dir:
+            problems.append("--output-dir is required")
+        if self.method == "int8" and self.blocksize is not None:
+            problems.append("--blocksize applies to nf4 and fp4; int8 scales each output row (no blocks)")
+        if self.method == "int8" and self.double_quant:
+            problems.append("--double-quant applies to nf4 and fp4 (their block constants), not int8")
+        validate(problems)
+
+    @property
+    def block(self) -> int:
+        return self.blocksize or 64
+
+
+@dataclass(frozen=True)
+class QuantizeCompareConfig:
+    preset_kind: ClassVar[str] = "quantize"
+    model: str = ""
+    methods: tuple[str, ...] = COMPARE_METHODS  # nf4+dq = nf4 with double quantization
+    blocksize: int | None = None
+    compute_dtype: ComputeDtype = "auto"
+    eval_data: str | None = None
+    text_field: str = "text"
+    eval_tokens: int = 4096
+    seq_len: int | None = None
+    skip_modules: tuple[str, ...] = ()
+    threshold: float = 6.0
+    device: Device = "auto"
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        _quant_model_problems(problems, self)
+        unknown = [m for m in self.methods if m not in COMPARE_METHODS + ("fp4+dq",)]
+        if unknown:
+            problems.append(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(COMPARE_METHODS)}, fp4+dq")
+        if not self.methods:
+            problems.append("--methods must name at least one method")
+        validate(problems)
+
+    @property
+    def block(self) -> int:
+        return self.blocksize or 64
+
+
+MergeDtype = Literal["auto", "fp32", "bf16", "fp16"]
+MergeStrategy = Literal["dequantize", "original", "requantize"]
+# Default --tolerance (max |Δlogit| relative to the largest |logit|) by the dtype the merged model is saved in.
+MERGE_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    preset_kind: ClassVar[str] = "merge"
+    adapter: str = ""
+    base: str | None = None             # None = the base the adapter records
+    output_dir: str = ""
+    dtype: MergeDtype = "auto"          # auto = the base checkpoint's dtype
+    strategy: MergeStrategy | None = None  # adapters trained on a quantized base; None = dequantize
+    verify: bool = True                 # probe prompts through base + adapter and the merged model
+    tolerance: float | None = None      # max |Δlogit| / max |logit|; None = by dtype (MERGE_TOLERANCE)
+    probes: tuple[str, ...] = ()        # verification prompts; () = built-in English sentences
+    max_shard_size: str = "2GB"
+    overwrite: bool = False
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if not self.adapter:
+            problems.append("--adapter is required: a PEFT adapter dir")
+        if not self.output_dir:
+            problems.append("--output-dir is required")
+        if self.tolerance is not None and not self.tolerance >= 0:
+            problems.append(f"--tolerance must be 0 or more (got {self.tolerance})")
+        if any(not p.strip() for p in self.probes):
+            problems.append("--probe must not be empty")
+        validate(problems)
+
+
+LaunchStrategy = Literal["ddp", "zero1", "zero2", "zero3", "zero2-offload", "zero3-offload", "fsdp", "auto"]
+OffloadDevice = Literal["cpu", "nvme"]
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """`llmkit launch`: run a training command on several processes/nodes (accelerate, DeepSpeed)."""
+
+    preset_kind: ClassVar[str] = "launch"
+    strategy: LaunchStrategy = "ddp"
+    num_processes: int | None = None   # per node; default: the visible GPUs, or 2 with --cpu
+    nodes: int = 1
+    node_rank: int = 0
+    main_ip: str | None = None         # node 0's address (needed with several nodes)
+    main_port: int | None = None       # default 29500 (one node: a free port when 29500 is taken)
+    hostfile: str | None = None        # `host slots=N` lines: nodes, main address and processes per node
+    mixed_precision: MixedPrecision | None = None   # default: the training command's own
+    offload_device: OffloadDevice | None = None     # for the *-offload strategies; default cpu
+    nvme_path: str | None = None       # with --offload-device nvme
+    cpu: bool = False                  # processes on CPUs, gloo
+    gpu_memory: str | None = None      # with --strategy auto: one GPU's (with --cpu: one process's) budget
+    threads_per_process: int | None = None  # OMP_NUM_THREADS; default with --cpu: cores // processes
+    timeout: float = 120.0             # seconds a node > 0 waits for node 0's address
+    write_config: str | None = None    # write the files into this dir and exit
+    dry_run: bool = False              # print the exact command(s) and exit
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        for flag, value in (("--num-processes", self.num_processes), ("--nodes", self.nodes),
+                            ("--threads-per-process", self.threads_per_process), ("--timeout", self.timeout)):
+            _positive(problems, flag, value)
+        if self.node_rank is not None and self.node_rank < 0:
+            problems.append(f"--node-rank must be 0 or more (got {self.node_rank})")
+        if self.main_port is not None and not 1 <= self.main_port <= 65535:
+            problems.append(f"--main-port must be a TCP port, 1-65535 (got {self.main_port})")
+        if self.gpu_memory is not None:
+            from llmkit.memory import parse_size
+
+            try:
+                parse_size(self.gpu_memory, "--gpu-memory")
+            except ConfigError as exc:
+                problems.append(exc.message)
         validate(problems)

@@ -163,6 +163,12 @@ def infer_task(model_config, requested: str | None, name: str) -> str:
             could = None
         kind = _head_kind(what)
         message = f"{name} is {what}{kind}: it has no head that generates text or fills masks"
+        from llmkit.task_inference import head_task
+
+        own = head_task(model_config)
+        if own is not None:
+            raise ConfigError(message, hint=f"its head fits --task {own} (or --task feature-extraction for "
+                                            "embeddings); to generate, use a model with an LM head")
         if could:
             hint = (f"its architecture ({model_type}) fits {fits[could]} when saved with that head "
                     f"({_example_class(could, model_type)}); this checkpoint's head cannot be used to generate")
@@ -641,6 +647,10 @@ def _attach_adapter(model, adapter: str):
         from peft import PeftModel
     except ImportError:
         raise ConfigError("--adapter needs peft", hint="pip install peft") from None
+    if (Path(adapter).expanduser() / "generation_config.json").is_file():   # the stop tokens its run trained
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(adapter)
     try:
         return PeftModel.from_pretrained(model, adapter)
     except (ValueError, OSError, RuntimeError, KeyError) as exc:

@@ -16,8 +16,9 @@ def _one_thread():
 
 
 def test_model_without_a_generation_head_says_what_it_is_and_which_task_fits(cli, bert_cls_dir):
-    result = cli("generate", "--model", bert_cls_dir, "--prompt", "hello")
-    assert_clean_error(result, 2, "BertForSequenceClassification", "sequence classification", "--task fill-mask")
+    result = cli("generate", "--model", bert_cls_dir, "--task", "text-generation", "--prompt", "hello")
+    assert_clean_error(result, 2, "BertForSequenceClassification", "sequence classification",
+                       "--task text-classification")
 
 
 def test_task_that_does_not_fit_names_the_one_that_does(cli, bert_dir, t5_dir, causal_dir):

@@ -6,7 +6,7 @@ from llmkit import presets
 from llmkit.config import GenerateConfig  # noqa: I001
 from llmkit.config import (QuickstartConfig, TokenizeDatasetConfig, TokenizeShowConfig, TokenizeTrainConfig,
                            TokenizeVocabConfig)
-from llmkit.config import PretrainConfig, SFTConfig
+from llmkit.config import PeftConfig, PretrainConfig, SFTConfig
 from llmkit.configio import resolve
 
 COMMAND_CONFIGS = {
@@ -19,6 +19,8 @@ COMMAND_CONFIGS = {
     "llmkit pretrain": (PretrainConfig, {"data": "d.jsonl", "output_dir": "o", "tokenizer": "t"}),
     "llmkit generate": (GenerateConfig, {"model": "m", "prompt": "x"}),
     "llmkit sft": (SFTConfig, {"model": "m", "data": "d.jsonl", "output_dir": "o"}),
+    "llmkit launch": (__import__("llmkit.config", fromlist=["LaunchConfig"]).LaunchConfig, {}),
+    "llmkit peft": (PeftConfig, {"model": "m", "data": "d.jsonl", "output_dir": "o"}),
 }
 
 ALL = [(kind, name) for kind in presets.list_kinds() for name in presets.list_presets(kind)]

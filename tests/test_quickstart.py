@@ -35,7 +35,7 @@ def stage(report, name):
 def test_stages_in_order(quickstart_run):
     out, report, _ = quickstart_run
     assert report["fast"] is True and report["output_dir"] == str(out)
-    assert [s["name"] for s in report["stages"]] == ["tokenizer", "pretrain", "sft", "generate"]
+    assert [s["name"] for s in report["stages"]] == ["tokenizer", "pretrain", "sft", "merge", "quantize", "generate"]
     assert (out / "data" / "train.jsonl").exists() and (out / "resolved_config.yaml").exists()
 
 
@@ -59,14 +59,17 @@ def test_pretrain_stage_lowers_held_out_perplexity_5x(quickstart_run):
 def test_sft_stage_teaches_the_answers(quickstart_run):
     out, report, _ = quickstart_run
     summary = stage(report, "sft")["summary"]
-    assert summary["asked"] == 5 and summary["template"] == "chatml"
+    assert summary["asked"] == 5 and summary["template"] == "plain" and summary["method"] == "lora"
+    assert 0 < summary["adapter_bytes"] < summary["model_bytes"]
     samples = summary["samples"]
     reproduced = [s for s in samples if s["after"].startswith(s["reference"])]
     assert len(reproduced) >= 3, samples
     assert not any(s["before"].startswith(s["reference"]) for s in samples)
     assert json.loads((out / "sft_answers.json").read_text()) == samples
-    assert "<|im_start|>" in json.loads((out / "sft" / "model" / "tokenizer_config.json").read_text()).get(
-        "chat_template", "") or (out / "sft" / "model" / "chat_template.jinja").exists()
+    adapter = out / "sft" / "adapter"
+    assert (adapter / "adapter_config.json").exists() and not (out / "sft" / "model").exists()
+    assert "### Assistant" in json.loads((adapter / "tokenizer_config.json").read_text()).get(
+        "chat_template", "") or "### Assistant" in (adapter / "chat_template.jinja").read_text()
 
 
 def test_generate_stage_uses_the_pretrained_model(quickstart_run):
@@ -97,3 +100,17 @@ def test_embedded_corpus_is_the_python_reference():
     assert len(train) > 1000 and len(held_out) > 20
     assert {r["topic"] for r in train}.isdisjoint({r["topic"] for r in held_out})
     assert any("for" in r["topic"] for r in train + held_out)
+
+
+def test_merge_and_quantize_stages(quickstart_run):
+    out, report, _ = quickstart_run
+    merged = stage(report, "merge")["summary"]
+    assert merged["method"] == "lora" and merged["merged_modules"] > 0
+    assert merged["max_abs_logit_diff"] <= 1e-3 and (out / "merged" / "config.json").exists()
+    quantized = stage(report, "quantize")["summary"]
+    assert quantized["disk_after"] < quantized["disk_before"] / 2
+    assert abs(quantized["bits_per_param"] - 4.127) < 0.01
+    assert quantized["perplexity_before"] > 0 and quantized["perplexity_after"] > 0
+    import json as _json
+
+    assert _json.loads((out / "quantized" / "config.json").read_text())["quantization_config"]["load_in_4bit"]

@@ -105,6 +105,13 @@ def ensure_single_process_env() -> str | None:
             f"for more processes")
 
 
+def is_main_process() -> bool:
+    """True in the process that owns the run directory and prints the result: RANK 0 under a launcher (`llmkit
+    launch`, accelerate, torchrun, deepspeed), or the only process without one. Every rank runs the whole training
+    command; the other ranks train and join the collectives, but write no run-dir file and print nothing."""
+    return int(os.environ.get("RANK") or 0) == 0
+
+
 def quiet_deepspeed_warnings() -> None:
     """DeepSpeed 0.19 calls torch.distributed collectives that torch 2.13 deprecates: one FutureWarning per step."""
     import warnings
@@ -157,11 +164,65 @@ def memory_forecast(cfg, model, ds_config: dict[str, Any] | None, on_gpu: bool):
     attention = getattr(model.config, "_attn_implementation", None)
     world = int(os.environ.get("WORLD_SIZE") or 1)
     mem_cfg = MemoryEstimateConfig(
-        model=str(cfg.model), mode="train", task=cfg.task, precision="fp32", mixed_precision=cfg.mixed_precision,
+        model=str(cfg.model), mode="train", task=_memory_task(cfg.model_task), precision=_precision(model),
+        mixed_precision=cfg.mixed_precision,
         optimizer=cfg.optimizer, freeze_base=cfg.freeze_base, trainable_layers=cfg.trainable_layers,
         batch_size=cfg.batch_size, seq_len=cfg.seq_len, grad_accum=cfg.grad_accum,
         grad_checkpointing=cfg.grad_checkpointing,
         attention="flash" if str(attention).startswith("flash") else "eager" if attention == "eager" else "sdpa",
         zero=zero_stage(ds_config), offload=zero_offload(ds_config), gpus=max(world, 1), nodes=1,
-        overhead=None if on_gpu else "0")
+        overhead=None if on_gpu else "0", **adapter_memory_fields(model))
     return estimate(mem_cfg, spec=spec, with_plans=False), spec
+
+
+PEFT_METHODS = {"LORA": "lora", "IA3": "ia3", "PROMPT_TUNING": "prompt-tuning", "P_TUNING": "p-tuning",
+                "PREFIX_TUNING": "prefix-tuning"}
+
+
+def adapter_memory_fields(model) -> dict[str, Any]:
+    """memory-estimate's --peft/--quant flags read off a model: the peft adapter it carries (method, rank and the
+    module names it wraps, or virtual tokens) and how bitsandbytes quantized its base."""
+    fields: dict[str, Any] = {}
+    peft_config = getattr(model, "peft_config", None)
+    if peft_config:
+        config = peft_config[getattr(model, "active_adapter", "default")]
+        method = PEFT_METHODS.get(str(getattr(config.peft_type, "value", config.peft_type)))
+        if method is not None:
+            fields["peft"] = method
+            if method == "lora":
+                fields["lora_rank"] = int(config.r)
+                fields["lora_targets"] = tuple(sorted(wrapped_module_names(model, "lora_A")))
+            elif method != "ia3":
+                fields["num_virtual_tokens"] = int(config.num_virtual_tokens)
+    quantization = getattr(model.config, "quantization_config", None)
+    if quantization is not None:
+        q = quantization if isinstance(quantization, dict) else quantization.to_dict()
+        if q.get("load_in_4bit"):
+            fields["quant"] = q.get("bnb_4bit_quant_type", "nf4")
+            fields["double_quant"] = bool(q.get("bnb_4bit_use_double_quant"))
+        elif q.get("load_in_8bit"):
+            fields["quant"] = "int8"
+    return fields
+
+
+def wrapped_module_names(model, marker: str) -> set[str]:
+    """The short names (q_proj, c_attn, ...) of the modules that carry a peft layer's `marker` parameter."""
+    names = set()
+    for name, _ in model.named_parameters():
+        parts = name.split(".")
+        if marker in parts:
+            names.add(parts[parts.index(marker) - 1])
+    return names
+
+
+def _precision(model) -> str:
+    """The dtype the model's (unquantized) weights are stored in, as memory-estimate names it."""
+    import torch
+
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(model.dtype, "fp32")
+
+
+def _memory_task(task: str) -> str:
+    """memory-estimate's task for a training task: token-cls and extractive-qa heads are a linear layer on the
+    hidden states, sized like seq-cls's (a few labels), not like a vocabulary head."""
+    return "seq-cls" if task in ("token-cls", "extractive-qa") else task

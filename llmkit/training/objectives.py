@@ -23,6 +23,8 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor, shift: bool, num_item
     With the Trainer's `num_items_in_batch` (counted over all micro-batches of a gradient-accumulation window),
     k micro-batches of b give exactly the loss and gradients of one batch of k*b, however the targets are spread.
     """
+    if logits.shape[-2] > labels.shape[-1]:   # prompt/p-tuning prepend virtual tokens: they carry no target
+        logits = logits[..., -labels.shape[-1]:, :]
     if shift:
         logits, labels = logits[..., :-1, :], labels[..., 1:]
     total = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),

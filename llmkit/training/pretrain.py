@@ -6,11 +6,17 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import os
 
 from llmkit.config import PretrainConfig
 from llmkit.configio import dump_yaml
 from llmkit.errors import ConfigError, DataError
 from llmkit.ui import Reporter, SilentReporter
+
+if TYPE_CHECKING:
+    from llmkit.training.trainer import ModelAdapter
 
 
 @dataclass
@@ -75,8 +81,10 @@ def check_objective(objective: str, model_type: str, is_encoder_decoder: bool, n
                       hint=f"use --objective {FITTING[kind]} for this model")
 
 
-def load_model_and_tokenizer(cfg: PretrainConfig):
-    """(model, tokenizer, source) for --from-scratch presets/config.json files and for pretrained dirs/ids."""
+def load_model_and_tokenizer(cfg: PretrainConfig, quantization_config=None, dtype: str = "fp32"):
+    """(model, tokenizer, source) for --from-scratch presets/config.json files and for pretrained dirs/ids;
+    `quantization_config` (QLoRA) loads the pretrained base through bitsandbytes, `dtype` is what its weights are
+    stored in (fp32 unless a frozen adapter base is loaded in bf16)."""
     from llmkit.modeling import load_model, load_tokenizer, model_config_fields
 
     fields = model_config_fields(cfg.model)
@@ -110,7 +118,15 @@ def load_model_and_tokenizer(cfg: PretrainConfig):
     if config is not None:
         check_objective(cfg.objective, config.model_type, bool(getattr(config, "is_encoder_decoder", False)),
                         cfg.model)
-    return load_model(cfg.model, cfg.task, dtype="fp32", trust_remote_code=cfg.trust_remote_code), tokenizer, None
+    device = None
+    if quantization_config is not None:
+        import torch
+
+        if torch.cuda.is_available():   # bitsandbytes quantizes while placing the weights on the GPU
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    model = load_model(cfg.model, cfg.model_task, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
+                       quantization_config=quantization_config, device=device)
+    return model, tokenizer, None
 
 
 def build_scratch_model(cfg: PretrainConfig, fields: dict, tokenizer):
@@ -121,7 +137,7 @@ def build_scratch_model(cfg: PretrainConfig, fields: dict, tokenizer):
     if fields.get("is_encoder_decoder"):
         specials["decoder_start_token_id"] = tokenizer.pad_token_id
     specials = {k: v for k, v in specials.items() if v is not None}
-    return build_model(fields, cfg.task, vocab_size=len(tokenizer), overrides=specials, seed=cfg.seed)
+    return build_model(fields, cfg.model_task, vocab_size=len(tokenizer), overrides=specials, seed=cfg.seed)
 
 
 # -------------------------------------------------------------------------------------------------------- data
@@ -175,16 +191,38 @@ def prepare_run_dir(cfg: PretrainConfig) -> Path:
     run = Path(cfg.output_dir).expanduser()
     if run.exists() and not run.is_dir():
         raise ConfigError(f"--output-dir {run} exists and is a file", hint="choose a directory path")
-    if run.is_dir() and any(run.iterdir()) and not (cfg.overwrite or cfg.resume):
+    from llmkit.training.integrations import is_main_process
+
+    # under a launcher RANK 0 alone checks (and creates) the dir: another rank would race with its first files
+    if run.is_dir() and is_main_process() and any(run.iterdir()) and not (cfg.overwrite or cfg.resume):
         raise ConfigError(f"--output-dir {run} exists and is not empty",
                           hint="pass --overwrite to replace it, --resume auto to continue its last checkpoint, "
                                "or choose another dir")
     return run
 
 
+def open_run(cfg, reporter: Reporter) -> tuple[dict | None, Path, Path | None]:
+    """What every training run checks before any work: the integrations' inputs (a bad --deepspeed JSON or a missing
+    package fails here), the output dir, the checkpoint to resume from; then transformers quietened (progress goes
+    through the Reporter, nowhere else) and seeded. Returns (DeepSpeed config or None, run dir, resume checkpoint)."""
+    from llmkit.training import integrations, rundir
+
+    ds_config = integrations.load_deepspeed_config(cfg.deepspeed) if cfg.deepspeed is not None else None
+    integrations.check_report_to(cfg.report_to)
+    run = prepare_run_dir(cfg)
+    resume_from = rundir.resume_checkpoint(run, cfg.resume, reporter.warn) if cfg.resume else None
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    transformers.set_seed(cfg.seed)
+    return ds_config, run, resume_from
+
+
 def run_pretrain(cfg: PretrainConfig, reporter: Reporter | None = None, callbacks: list | None = None,
-                 eval_before: bool = True) -> PretrainResult:
+                 eval_before: bool = True, adapt_model: ModelAdapter | None = None) -> PretrainResult:
     """Train; returns the result, or raises TrainingInterrupted (a KeyboardInterrupt) after Ctrl-C's checkpoint.
+    `adapt_model` (llmkit peft) loads the base its way and wraps it before anything trains.
 
     stdout is the caller's (a --json document): libraries that log to stdout (DeepSpeed's accelerator notice on
     import) are sent to stderr for the duration.
@@ -193,31 +231,20 @@ def run_pretrain(cfg: PretrainConfig, reporter: Reporter | None = None, callback
     import sys
 
     with contextlib.redirect_stdout(sys.stderr):
-        return _run_pretrain(cfg, reporter, callbacks, eval_before)
+        return _run_pretrain(cfg, reporter, callbacks, eval_before, adapt_model)
 
 
 def _run_pretrain(cfg: PretrainConfig, reporter: Reporter | None, callbacks: list | None,
-                  eval_before: bool) -> PretrainResult:
+                  eval_before: bool, adapt_model: ModelAdapter | None = None) -> PretrainResult:
     reporter = reporter or SilentReporter()
     started = time.perf_counter()
     warnings: list[str] = []
-    from llmkit.training import integrations
+    from llmkit.training import integrations, rundir
 
-    # the integrations' inputs are checked before any work: a bad --deepspeed JSON or a missing package fails here
-    ds_config = integrations.load_deepspeed_config(cfg.deepspeed) if cfg.deepspeed is not None else None
-    integrations.check_report_to(cfg.report_to)
-    run = prepare_run_dir(cfg)
-    from llmkit.training import rundir
-
-    resume_from = rundir.resume_checkpoint(run, cfg.resume, reporter.warn) if cfg.resume else None
-
+    ds_config, run, resume_from = open_run(cfg, reporter)
     import torch
-    import transformers
 
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()   # progress goes through the Reporter, nowhere else
-    transformers.set_seed(cfg.seed)
-    model, tokenizer, fields = load_model_and_tokenizer(cfg)
+    model, tokenizer, fields = load_model_and_tokenizer(cfg, **(adapt_model.load_options if adapt_model else {}))
     if cfg.objective == "seq2seq":
         from llmkit.training.objectives import ensure_sentinels, max_spans
 
@@ -242,8 +269,10 @@ def _run_pretrain(cfg: PretrainConfig, reporter: Reporter | None, callbacks: lis
 
     if model is None:
         model = build_scratch_model(cfg, fields, tokenizer)
-    elif len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
+    else:
+        from llmkit.training.trainer import grow_embeddings
+
+        grow_embeddings(model, tokenizer, adapting=adapt_model is not None)
     if cfg.grad_checkpointing and not model.supports_gradient_checkpointing:
         raise ConfigError(f"{type(model).__name__} does not support --grad-checkpointing",
                           hint="drop --grad-checkpointing")
@@ -252,6 +281,8 @@ def _run_pretrain(cfg: PretrainConfig, reporter: Reporter | None, callbacks: lis
     from llmkit.training.data import RowDataset
     from llmkit.training.objectives import make_loss
 
+    if adapt_model is not None:
+        model = adapt_model(model)
     total, trainable = t.freeze_and_count(model, cfg.freeze_base, cfg.trainable_layers)
 
     # every input problem has been reported: only now touch the run directory
@@ -294,7 +325,8 @@ def _run_pretrain(cfg: PretrainConfig, reporter: Reporter | None, callbacks: lis
                                                      "zero_stage": integrations.zero_stage(ds_config)},
     }
     manifest["memory"] = memory_record(forecast, manifest)
-    rundir.write_json(run / rundir.MANIFEST, manifest)
+    if integrations.is_main_process():
+        rundir.write_json(run / rundir.MANIFEST, manifest)
     losses = outcome.losses
     files = {"resolved_config": str(run / "resolved_config.yaml"), "metrics": str(metrics_file),
              "loss_curve": str(run / rundir.CURVE), "manifest": str(run / rundir.MANIFEST),

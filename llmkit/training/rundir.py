@@ -19,6 +19,7 @@ from llmkit.errors import LlmkitError
 
 CHECKPOINTS = "checkpoints"
 MODEL = "model"
+ADAPTER = "adapter"          # a peft run's final adapter (instead of model/)
 METRICS = "metrics.jsonl"
 CURVE = "loss_curve.png"
 MANIFEST = "manifest.json"
@@ -253,6 +254,10 @@ def start(run: Path, config_yaml: str, overwrite: bool, resume_from: Path | None
     for a new run or cut back to the checkpoint's step when resuming. Called only after every input check passed."""
     import shutil
 
+    from llmkit.training.integrations import is_main_process
+
+    if not is_main_process():   # under a launcher only RANK 0 touches the run dir (the others write no file)
+        return run / METRICS
     if overwrite and run.is_dir():
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,6 +24,9 @@ from llmkit.data import sft as sftdata
 from llmkit.errors import ConfigError
 from llmkit.training.objectives import NUM_TOKENS, _Collator
 from llmkit.ui import Reporter, SilentReporter
+
+if TYPE_CHECKING:
+    from llmkit.training.trainer import ModelAdapter
 
 
 # -------------------------------------------------------------------------------------------------- collators
@@ -262,34 +266,32 @@ def _generation_eos(cfg: SFTConfig) -> set[int]:
 
 # ------------------------------------------------------------------------------------------------------- train
 
-def run_sft(cfg: SFTConfig, reporter: Reporter | None = None, callbacks: list | None = None) -> SFTResult:
-    """Train; `callbacks` are extra TrainerCallbacks (tests use one to interrupt at a known step)."""
+def run_sft(cfg: SFTConfig, reporter: Reporter | None = None, callbacks: list | None = None,
+            adapt_model: ModelAdapter | None = None) -> SFTResult:
+    """Train; `callbacks` are extra TrainerCallbacks (tests use one to interrupt at a known step); `adapt_model`
+    (llmkit peft) loads the base its way and wraps it with an adapter before anything trains.
+    --task seq-cls|token-cls|extractive-qa trains a task head instead (llmkit.training.tasks.run_task)."""
+    if cfg.task != "chat":
+        from llmkit.training.tasks import run_task
+
+        return run_task(cfg, reporter=reporter, callbacks=callbacks, adapt_model=adapt_model)
     with contextlib.redirect_stdout(sys.stderr):
-        return _run_sft(cfg, reporter or SilentReporter(), callbacks)
+        return _run_sft(cfg, reporter or SilentReporter(), callbacks, adapt_model)
 
 
-def _run_sft(cfg: SFTConfig, reporter: Reporter, callbacks: list | None = None) -> SFTResult:
+def _run_sft(cfg: SFTConfig, reporter: Reporter, callbacks: list | None = None,
+             adapt_model: ModelAdapter | None = None) -> SFTResult:
     started = time.perf_counter()
     warnings: list[str] = []
-    from llmkit.training import rundir
+    from llmkit.training import integrations, rundir
     from llmkit.training import trainer as t
     from llmkit.training.data import RowDataset, split_eval
     from llmkit.training.objectives import make_loss
     from llmkit.training.pretrain import (TrainingInterrupted, build_scratch_model, load_model_and_tokenizer,
-                                          prepare_run_dir)
+                                          memory_forecast, memory_record, open_run)
 
-    from llmkit.training import integrations   # shared with pretrain: DeepSpeed config, --report-to, saving
-
-    ds_config = integrations.load_deepspeed_config(cfg.deepspeed) if cfg.deepspeed is not None else None
-    integrations.check_report_to(cfg.report_to)
-    run = prepare_run_dir(cfg)
-    resume_from = rundir.resume_checkpoint(run, cfg.resume, reporter.warn) if cfg.resume else None
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    transformers.set_seed(cfg.seed)
-    model, tokenizer, fields = load_model_and_tokenizer(cfg)
+    ds_config, run, resume_from = open_run(cfg, reporter)
+    model, tokenizer, fields = load_model_and_tokenizer(cfg, **(adapt_model.load_options if adapt_model else {}))
     name, template, added = _prepare(cfg, tokenizer)
     if added:
         warnings.append(f"added the template's tokens {', '.join(added)} to the tokenizer (embeddings grow)")
@@ -306,13 +308,15 @@ def _run_sft(cfg: SFTConfig, reporter: Reporter, callbacks: list | None = None) 
 
     if model is None:
         model = build_scratch_model(cfg, fields, tokenizer)
-    elif len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
+    else:
+        t.grow_embeddings(model, tokenizer, adapting=adapt_model is not None)
     if cfg.grad_checkpointing and not model.supports_gradient_checkpointing:
         raise ConfigError(f"{type(model).__name__} does not support --grad-checkpointing",
                           hint="drop --grad-checkpointing")
     if cfg.pack:
         check_packing_support(model)
+    if adapt_model is not None:
+        model = adapt_model(model)
 
     def rows(examples):
         if cfg.pack:
@@ -340,6 +344,7 @@ def _run_sft(cfg: SFTConfig, reporter: Reporter, callbacks: list | None = None) 
                   f"with {total:,} parameters ({trainable:,} trainable); {len(train_examples):,} examples, "
                   f"{trained_tokens:,} trained of {sum(len(e.input_ids) for e in train_examples):,} tokens"
                   + (f" in {len(train_set):,} packed blocks" if cfg.pack else ""))
+    forecast = memory_forecast(cfg, model, ds_config, args.device.type == "cuda", reporter)
     trainer = t.LlmkitTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                               data_collator=collator, processing_class=tokenizer,
                               compute_loss_func=make_loss("causal-lm"), objective="causal-lm")
@@ -380,7 +385,9 @@ def _run_sft(cfg: SFTConfig, reporter: Reporter, callbacks: list | None = None) 
         "resumed_from": str(resume_from) if resume_from else None,
         "threads": torch.get_num_threads(), "device": str(args.device), **rundir.peak_memory(),
     }
-    rundir.write_json(run / rundir.MANIFEST, manifest)
+    manifest["memory"] = memory_record(forecast, manifest)
+    if integrations.is_main_process():   # under a launcher only RANK 0 writes the run dir
+        rundir.write_json(run / rundir.MANIFEST, manifest)
     losses = outcome.losses
     files = {"resolved_config": str(run / "resolved_config.yaml"), "metrics": str(metrics_file),
              "loss_curve": str(run / rundir.CURVE), "manifest": str(run / rundir.MANIFEST),

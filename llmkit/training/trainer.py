@@ -9,6 +9,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -93,7 +94,7 @@ def apply_freezing(model, freeze_base: bool, trainable_layers: int | None) -> No
     if not freeze_base and trainable_layers is None:
         return
     head = model.get_output_embeddings()
-    head_params = {id(p) for p in head.parameters()} if head is not None else set()
+    head_params = {id(p) for p in head.parameters()} if head is not None else task_head_params(model)
     if not head_params:
         raise ConfigError("--freeze-base: this model has no output head to train", hint="use --trainable-layers N")
     if freeze_base:
@@ -121,6 +122,41 @@ def apply_freezing(model, freeze_base: bool, trainable_layers: int | None) -> No
         p.requires_grad_(keep)
 
 
+class ModelAdapter(Protocol):
+    """What `llmkit peft` hands a training run: how to load the base (`load_model_and_tokenizer` keywords: a
+    bitsandbytes config for QLoRA, the frozen base's dtype) and a call that wraps the loaded model with its adapter
+    (checked, before any file is written)."""
+
+    load_options: dict[str, Any]
+
+    def __call__(self, model): ...
+
+
+def grow_embeddings(model, tokenizer, adapting: bool) -> None:
+    """Make room for tokens the run added (template or sentinel tokens). An adapter cannot: the base's embedding
+    matrix is frozen and not saved with the adapter, so the new rows would stay random and be lost."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= rows:
+        return
+    if adapting:
+        added = tokenizer.convert_ids_to_tokens(list(range(rows, len(tokenizer))))
+        raise ConfigError(f"this run needs {len(tokenizer) - rows} token(s) the base model lacks "
+                          f"({', '.join(map(str, added[:4]))}{', ...' if len(added) > 4 else ''}), and an adapter "
+                          "cannot grow a frozen vocabulary",
+                          hint="use a template made of tokens the tokenizer has (the tokenizer's own, or "
+                               "--template plain), or add the tokens with a full `llmkit sft` first")
+    model.resize_token_embeddings(len(tokenizer))
+
+
+def task_head_params(model) -> set[int]:
+    """A task head (BERT's classifier, qa_outputs; LLaMA's score): the parameters outside the base model."""
+    base = getattr(model, "base_model", None)
+    if base is None or base is model:
+        return set()
+    inside = {id(p) for p in base.parameters()}
+    return {id(p) for p in model.parameters() if id(p) not in inside}
+
+
 def freeze_and_count(model, freeze_base: bool, trainable_layers: int | None) -> tuple[int, int]:
     """Apply --freeze-base / --trainable-layers; (total, trainable) parameters. Refuses when nothing would train."""
     apply_freezing(model, freeze_base, trainable_layers)
@@ -131,6 +167,9 @@ def freeze_and_count(model, freeze_base: bool, trainable_layers: int | None) -> 
 
 
 def parameter_counts(model) -> tuple[int, int]:
+    if is_adapter_model(model):   # peft counts 4-bit packed weights as the values they hold, not the bytes
+        trainable, total = model.get_nb_trainable_parameters()
+        return int(total), int(trainable)
     seen, total, trainable = set(), 0, 0
     for p in model.parameters():
         if id(p) in seen:
@@ -155,6 +194,17 @@ class LlmkitTrainer(Trainer):
         self.data_collator.tokens_seen += int(inputs.pop(NUM_TOKENS, 0))
         return super().training_step(model, inputs, num_items_in_batch)
 
+    def get_eval_dataloader(self, eval_dataset=None):
+        if self.args.world_size <= 1:
+            return super().get_eval_dataloader(eval_dataset)
+        # under a launcher every rank evaluates the whole set, so the loss is exact (a sharded loader repeats rows
+        # to even out the ranks) and every rank runs the same forward passes (ZeRO-3 gathers in each of them)
+        from torch.utils.data import DataLoader
+
+        return DataLoader(eval_dataset if eval_dataset is not None else self.eval_dataset,
+                          batch_size=self.args.per_device_eval_batch_size, collate_fn=self.data_collator,
+                          shuffle=False)
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         loss, tokens = evaluate_loss(self.model, self.get_eval_dataloader(eval_dataset), self.shift,
                                      self.args.device)
@@ -165,15 +215,31 @@ class LlmkitTrainer(Trainer):
         return metrics
 
 
+def is_adapter_model(model) -> bool:
+    """A peft model: it saves (and trains) only its adapter."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def final_model_dirname(model) -> str:
+    return rundir.ADAPTER if is_adapter_model(model) else rundir.MODEL
+
+
 def save_final_model(trainer: Trainer, tokenizer, path: Path) -> None:
-    """The trained model (safetensors) and tokenizer, loadable with from_pretrained. Under DeepSpeed the Trainer
-    gathers the weights (ZeRO-3 needs stage3_gather_16bit_weights_on_model_save, which load_deepspeed_config checks);
-    otherwise the model saves itself."""
-    if trainer.is_deepspeed_enabled:
+    """The trained model (safetensors) and tokenizer, loadable with from_pretrained, or for a peft model the adapter
+    (loadable with PeftModel.from_pretrained) with the generation config the run set (stop tokens). Under DeepSpeed
+    the Trainer gathers the weights (ZeRO-3 needs stage3_gather_16bit_weights_on_model_save, which
+    load_deepspeed_config checks); otherwise the model saves itself."""
+    if trainer.is_deepspeed_enabled or getattr(trainer, "is_fsdp_enabled", False):   # FSDP: a full state dict
         trainer.save_model(str(path))
         (Path(path) / "training_args.bin").unlink(missing_ok=True)
     else:
         trainer.model.save_pretrained(str(path), safe_serialization=True)
+    if is_adapter_model(trainer.model) and getattr(trainer.model, "generation_config", None) is not None:
+        trainer.model.generation_config.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
 
 
@@ -224,8 +290,9 @@ def train_and_save(trainer: "LlmkitTrainer", *, run: Path, collator, tokenizer, 
     initial = None
     if has_eval and eval_before and resume_from is None:
         initial, _ = evaluate_loss(trainer.model, trainer.get_eval_dataloader(), trainer.shift, trainer.args.device)
-        rundir.append_metrics(metrics_file, {"step": 0, "eval_loss": round(initial, 6),
-                                             "perplexity": round(perplexity(initial), 4)})
+        if trainer.is_world_process_zero():
+            rundir.append_metrics(metrics_file, {"step": 0, "eval_loss": round(initial, 6),
+                                                 "perplexity": round(perplexity(initial), 4)})
         reporter.info(f"before training: eval loss {initial:.4f}, perplexity {perplexity(initial):,.2f}")
 
     steps_hint = trainer.args.max_steps if trainer.args.max_steps > 0 else None
@@ -248,14 +315,18 @@ def train_and_save(trainer: "LlmkitTrainer", *, run: Path, collator, tokenizer, 
     if not callback.interrupted:
         if before_save is not None:
             before_save(trainer)
-        model_dir = run / rundir.MODEL
-        with atomic_output_dir(model_dir, overwrite=True) as scratch:
-            save_final_model(trainer, tokenizer, scratch)
+        model_dir = run / final_model_dirname(trainer.model)
+        if trainer.is_world_process_zero():
+            with atomic_output_dir(model_dir, overwrite=True) as scratch:
+                save_final_model(trainer, tokenizer, scratch)
+        elif trainer.is_deepspeed_enabled or getattr(trainer, "is_fsdp_enabled", False):
+            trainer.save_model(str(model_dir))   # ZeRO-3/FSDP gather the weights with every rank; RANK 0 writes
 
     rows = rundir.read_metrics(metrics_file)
     train_curve = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     eval_curve = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
-    rundir.write_loss_png(run / rundir.CURVE, train_curve, eval_curve)
+    if trainer.is_world_process_zero():
+        rundir.write_loss_png(run / rundir.CURVE, train_curve, eval_curve)
     return TrainOutcome(interrupted=callback.interrupted, initial_eval=initial, final_eval=final_eval,
                         model_dir=model_dir, checkpoint=saved[-1] if saved else None, train_curve=train_curve,
                         eval_curve=eval_curve, tokens=collator.tokens_seen, train_seconds=train_seconds,
@@ -281,6 +352,12 @@ def evaluate_loss(model, dataloader, shift: bool, device=None) -> tuple[float, i
             total += float(token_loss(logits, labels, shift)) * n
             count += n
     model.train(was_training)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:   # every rank's share
+        sums = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
+        dist.all_reduce(sums)
+        total, count = float(sums[0]), int(sums[1])
     return (total / count if count else float("nan")), count
 
 
@@ -308,11 +385,15 @@ class RunCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.advance is not None:
             self.advance(1)
+        if args.world_size > 1:   # under a launcher the ranks stop at the same step, or one would wait forever
+            self.interrupted = any_rank(self.interrupted, args.device)
         if self.interrupted:
             control.should_save = True
             control.should_training_stop = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero:   # under a launcher RANK 0 writes the rows and the progress
+            return
         logs = logs or {}
         now, tokens = time.perf_counter(), self.collator.tokens_seen
         if "loss" in logs:
@@ -338,6 +419,17 @@ class RunCallback(TrainerCallback):
             self.eval_rows.append(row)
             self.reporter.info(f"step {state.global_step}  eval loss {row['eval_loss']:.4f}  "
                                f"perplexity {row['perplexity']:,.2f}")
+
+
+def any_rank(flag: bool, device=None) -> bool:
+    """True when `flag` is True on any rank (one tiny all-reduce); the flag itself without torch.distributed."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
 
 
 def _duration(seconds: float) -> str:
