@@ -369,6 +369,7 @@ def test_ddp_two_processes_equal_one_process(configs, bpe_dir, docs_file, tmp_pa
     assert two["loss_curve"] == pytest.approx(one["loss_curve"], abs=1e-4)
     assert two["eval_loss"] == pytest.approx(one["eval_loss"], abs=1e-4)     # every rank evaluates the whole set
     assert two["initial_eval_loss"] == pytest.approx(one["initial_eval_loss"], abs=1e-4)
+    assert two["tokens"] == one["tokens"] > 0                                 # summed over the ranks
     rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert len([r for r in rows if "loss" in r]) == 20                        # written once, by RANK 0
     assert (tmp_path / "two" / "model" / "model.safetensors").is_file()

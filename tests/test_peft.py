@@ -371,3 +371,22 @@ def test_lora_on_a_classification_head_trains_the_head_and_saves_it_with_the_ada
     assert any(r.part.startswith("modules_to_save") for r in result.parameter_table)
     info = json.loads((tmp_path / "run" / "adapter" / "llmkit_adapter.json").read_text())
     assert info["task"] == "seq-cls"
+
+
+@pytest.mark.parametrize("method, extra", [("p-tuning", {"encoder": "lstm", "encoder_hidden_size": 16}),
+                                           ("prefix-tuning", {"prefix_projection": True, "encoder_hidden_size": 16}),
+                                           ("lora", {"use_rslora": True, "use_dora": True, "lora_targets": ("q_proj",)})])
+def test_method_variants_train(method, extra, llama_base, qa_file, tmp_path):
+    from llmkit.training.peft import run_peft
+
+    result = run_peft(_config(llama_base, qa_file, tmp_path / "run", method=method, max_steps=2, num_virtual_tokens=4,
+                              **extra))
+    assert result.training.status == "completed" and result.trainable_parameters > 0
+    config = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    if method == "p-tuning":
+        assert config["encoder_reparameterization_type"] == "LSTM"
+    elif method == "prefix-tuning":
+        assert config["prefix_projection"] is True
+    else:
+        assert config["use_rslora"] is True and config["use_dora"] is True
+        assert any(r.part == "DoRA magnitudes" for r in result.parameter_table)

@@ -365,7 +365,7 @@ def _run_sft(cfg: SFTConfig, reporter: Reporter, callbacks: list | None = None,
                                callbacks=callbacks, before_save=before_save)
     status, initial, final_eval, model_dir = outcome.status, outcome.initial_eval, outcome.final_eval, outcome.model_dir
     train_seconds = outcome.train_seconds
-    tokens = collator.tokens_seen
+    tokens = outcome.tokens
     epochs_done = float(trainer.state.epoch or 0.0)
     trained_seen = trained_tokens * epochs_done
     rate = tokens / train_seconds if train_seconds > 0 else 0.0

@@ -329,7 +329,8 @@ def train_and_save(trainer: "LlmkitTrainer", *, run: Path, collator, tokenizer, 
         rundir.write_loss_png(run / rundir.CURVE, train_curve, eval_curve)
     return TrainOutcome(interrupted=callback.interrupted, initial_eval=initial, final_eval=final_eval,
                         model_dir=model_dir, checkpoint=saved[-1] if saved else None, train_curve=train_curve,
-                        eval_curve=eval_curve, tokens=collator.tokens_seen, train_seconds=train_seconds,
+                        eval_curve=eval_curve, tokens=sum_over_ranks(collator.tokens_seen, trainer.args.device),
+                        train_seconds=train_seconds,
                         callback=callback)
 
 
@@ -430,6 +431,17 @@ def any_rank(flag: bool, device=None) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item() > 0)
+
+
+def sum_over_ranks(value: int, device=None) -> int:
+    """`value` summed over every rank (under a launcher each rank trains its own share of the tokens)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    total = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return int(total.item())
 
 
 def _duration(seconds: float) -> str:
