@@ -68,6 +68,30 @@ MeanSpanLengthOpt = Annotated[Optional[float], _opt("--mean-span-length", "seq2s
                                                     "(default 3).")]
 
 
+def render_run(title: str, result, rows: list[tuple[str, str]], closing: str | None = None) -> None:
+    """A finished training run, for people: its loss curve and final loss, the command's own rows, the files written
+    and where the model (or adapter) is."""
+    from rich.table import Table
+
+    from llmkit.commands._runtime import console
+
+    out = console()
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    table.add_row("loss curve", result.sparkline)
+    if result.train_loss is not None:
+        table.add_row("final train loss", f"{result.train_loss:.4f}")
+    for what, value in rows:
+        table.add_row(what, value)
+    out.print(table)
+    out.print("written:", markup=False)
+    for name, path in result.files.items():
+        out.print(f"  {name.replace('_', ' ')}: {path}", markup=False, soft_wrap=True)
+    if closing:
+        out.print(closing, markup=False, soft_wrap=True)
+
+
 def training_overrides(**values) -> dict:
     """Flag values keyed by config field; Paths become strings, None stays 'not given'."""
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}

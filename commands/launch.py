@@ -9,6 +9,7 @@ import typer
 
 from llmkit.commands._options import ConfigOpt, JsonOpt, PresetOpt, PrintConfigOpt, option
 from llmkit.commands._runtime import build_config, cli_command, console, emit_json, examples, reporter
+from llmkit.ui import format_bytes
 
 EPILOG = examples(
     "llmkit launch --strategy ddp --cpu --num-processes 2 -- llmkit pretrain --preset tiny-llama "
@@ -117,9 +118,6 @@ def launch(
     report.info(f"launch: {plan.world_size} process(es) finished in {result.seconds:.1f} s")
 
 
-def _size(n: float) -> str:
-    return f"{n / 2 ** 30:,.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:,.1f} MiB"
-
 
 def _summary(plan) -> list[str]:
     lines = [f"strategy {plan.strategy}" + (" (chosen by auto)" if plan.requested_strategy == "auto" else "")
@@ -131,15 +129,15 @@ def _summary(plan) -> list[str]:
              + (" (29500 was taken)" if plan.port_chosen else "")]
     for cand in plan.candidates:
         mark = "fits" if cand["fits"] else "does not fit"
-        lines.append(f"  auto: {cand['strategy']:<14} {_size(cand['total_bytes']):>12} per rank  {mark}")
+        lines.append(f"  auto: {cand['strategy']:<14} {format_bytes(cand['total_bytes']):>12} per rank  {mark}")
     if plan.memory is not None:
         d = plan.memory["per_device"]
         where = "per process, tensors only (CPU: no runtime overhead)" if plan.cpu else "per GPU"
-        lines.append(f"memory per rank (memory-estimate) {_size(d['total'])} {where}: weights {_size(d['weights'])}, "
-                     f"gradients {_size(d['gradients'])}, optimizer {_size(d['optimizer'])}, activations "
-                     f"{_size(d['activations'])}; communication "
-                     f"{_size(plan.memory['communication_bytes_per_step'])} per step and rank"
-                     + (f"; CPU RAM for offload {_size(plan.memory['cpu_ram'])} per node"
+        lines.append(f"memory per rank (memory-estimate) {format_bytes(d['total'])} {where}: weights "
+                     f"{format_bytes(d['weights'])}, gradients {format_bytes(d['gradients'])}, optimizer "
+                     f"{format_bytes(d['optimizer'])}, activations {format_bytes(d['activations'])}; communication "
+                     f"{format_bytes(plan.memory['communication_bytes_per_step'])} per step and rank"
+                     + (f"; CPU RAM for offload {format_bytes(plan.memory['cpu_ram'])} per node"
                         if plan.memory["offload"] != "none" else ""))
     else:
         lines.append(f"memory per rank: no estimate, {plan.memory_note} (launch goes on)")

@@ -9,7 +9,7 @@ import typer
 from llmkit.commands import sft as sft_cmd
 from llmkit.commands._options import (ConfigOpt, JsonOpt, OutputDirOpt, OverwriteOpt, PresetOpt, PrintConfigOpt,
                                       SeedOpt, TokenizerOpt, TrustRemoteCodeOpt, option)
-from llmkit.commands._runtime import build_config, cli_command, comma_list, console, emit_json, examples, reporter
+from llmkit.commands._runtime import build_config, cli_command, comma_list, emit_json, examples, reporter
 from llmkit.commands._training import (AnswersFieldOpt, BatchSizeOpt, ContextFieldOpt, DataOpt, DeepspeedOpt,
                                        DocStrideOpt, EpochsOpt, EvalDataOpt, EvalSplitOpt, EvalStepsOpt,
                                        FreezeBaseOpt, FromScratchOpt, GradAccumOpt, GradCheckpointingOpt,
@@ -20,10 +20,11 @@ from llmkit.commands._training import (AnswersFieldOpt, BatchSizeOpt, ContextFie
                                        RandomReplaceProbOpt, ReportToOpt, ResumeOpt, SaveStepsOpt, SaveTotalLimitOpt,
                                        SchedulerOpt, SeqLenOpt, TagsFieldOpt, TaskOpt, TextFieldTaskOpt,
                                        TextPairFieldOpt, TokensFieldOpt, TrainableLayersOpt, WarmupRatioOpt,
-                                       WeightDecayOpt, WholeWordMaskingOpt, run_training, task_overrides,
+                                       WeightDecayOpt, WholeWordMaskingOpt, render_run, run_training, task_overrides,
                                        training_overrides)
 from llmkit.config import PeftConfig
 from llmkit.errors import EXIT_FAILURE
+from llmkit.ui import format_bytes
 
 EPILOG = examples(
     "llmkit peft --method lora -m runs/quickstart/pretrain/model --data qa.jsonl --template plain -o runs/lora",
@@ -208,41 +209,22 @@ def _inspect(cfg: PeftConfig, report, json_: bool) -> None:
 
 
 def render(result) -> None:
-    from rich.table import Table
-
-    out = console()
     training = result.training
-    what = result.method + (f" on {', '.join(result.targets)}" if result.targets else "") + \
-        (f", base in {result.quant}" if result.quant != "none" else "")
-    table = Table(title=f"peft {what}: {training.steps} steps in {training.seconds:.1f} s", title_justify="left",
-                  show_header=False)
-    table.add_column("what")
-    table.add_column("value")
-    table.add_row("loss curve", training.sparkline)
-    if training.train_loss is not None:
-        table.add_row("final train loss", f"{training.train_loss:.4f}")
+    rows = []
     if getattr(training, "eval_loss", None) is not None:
         before = getattr(training, "initial_eval_loss", None)
-        table.add_row("eval loss", f"{training.eval_loss:.4f}" + (f" (before: {before:.4f})" if before else ""))
+        rows.append(("eval loss", f"{training.eval_loss:.4f}" + (f" (before: {before:.4f})" if before else "")))
     for name, value in (getattr(training, "metrics", None) or {}).items():
-        table.add_row(f"eval {name.replace('_', ' ')}", f"{value:.4f}")
-    table.add_row("trainable", f"{result.trainable_parameters:,} of {result.parameters:,} "
-                               f"({result.trainable_share:.4%})")
+        rows.append((f"eval {name.replace('_', ' ')}", f"{value:.4f}"))
+    rows.append(("trainable", f"{result.trainable_parameters:,} of {result.parameters:,} "
+                              f"({result.trainable_share:.4%})"))
     if result.adapter_bytes is not None:
-        table.add_row("adapter size", f"{_size(result.adapter_bytes)} on disk (base in memory "
-                                      f"{_size(result.base_bytes)}: {result.base_bytes / max(result.adapter_bytes, 1):,.0f}x)")
-    table.add_row("throughput", f"{training.tokens_per_second:,.0f} tokens/s")
-    out.print(table)
-    out.print("written:", markup=False)
-    for name, path in training.files.items():
-        out.print(f"  {name.replace('_', ' ')}: {path}", markup=False, soft_wrap=True)
-    if result.adapter_dir:
-        out.print(f"adapter: {result.adapter_dir} (llmkit generate -m {result.base_model} --adapter "
-                  f"{result.adapter_dir}; llmkit merge to fold it in)", markup=False, soft_wrap=True)
-
-
-def _size(n: float) -> str:
-    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
-        if n >= scale:
-            return f"{n / scale:,.1f} {unit}"
-    return f"{int(n)} B"
+        ratio = result.base_bytes / max(result.adapter_bytes, 1)
+        rows.append(("adapter size", f"{format_bytes(result.adapter_bytes)} on disk (base in memory "
+                                     f"{format_bytes(result.base_bytes)}: {ratio:,.0f}x)"))
+    rows.append(("throughput", f"{training.tokens_per_second:,.0f} tokens/s"))
+    what = result.method + (f" on {', '.join(result.targets)}" if result.targets else "") + \
+        (f", base in {result.quant}" if result.quant != "none" else "")
+    render_run(f"peft {what}: {training.steps} steps in {training.seconds:.1f} s", training, rows,
+               f"adapter: {result.adapter_dir} (llmkit generate -m {result.base_model} --adapter "
+               f"{result.adapter_dir}; llmkit merge to fold it in)" if result.adapter_dir else None)

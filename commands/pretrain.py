@@ -6,7 +6,7 @@ import typer
 
 from llmkit.commands._options import (ConfigOpt, JsonOpt, OutputDirOpt, OverwriteOpt, PresetOpt, PrintConfigOpt,
                                       SeedOpt, TextFieldOpt, TokenizerOpt, TrustRemoteCodeOpt)
-from llmkit.commands._runtime import build_config, cli_command, console, emit_json, examples, reporter
+from llmkit.commands._runtime import build_config, cli_command, emit_json, examples, reporter
 from llmkit.commands._training import (BatchSizeOpt, DataOpt, DeepspeedOpt, EpochsOpt, EvalDataOpt, EvalSplitOpt,
                                        EvalStepsOpt, FreezeBaseOpt, FromScratchOpt, GradAccumOpt,
                                        GradCheckpointingOpt, LoggingStepsOpt, LrOpt, MaskReplaceProbOpt,
@@ -15,7 +15,7 @@ from llmkit.commands._training import (BatchSizeOpt, DataOpt, DeepspeedOpt, Epoc
                                        PaddingFreeOpt, RandomReplaceProbOpt, ReportToOpt, ResumeOpt, SaveStepsOpt,
                                        SaveTotalLimitOpt, SchedulerOpt, SeqLenOpt, TrainableLayersOpt,
                                        WarmupRatioOpt, WeightDecayOpt, WholeWordMaskingOpt, training_overrides,
-                                       run_training)
+                                       render_run, run_training)
 from llmkit.config import PretrainConfig
 
 EPILOG = examples(
@@ -89,27 +89,12 @@ def pretrain(
 
 
 def render(result) -> None:
-    from rich.table import Table
-
-    out = console()
-    table = Table(title=f"pretrain ({result.objective}): {result.steps} steps in {result.seconds:.1f} s",
-                  title_justify="left", show_header=False)
-    table.add_column("what")
-    table.add_column("value")
-    table.add_row("loss curve", result.sparkline)
-    if result.train_loss is not None:
-        table.add_row("final train loss", f"{result.train_loss:.4f}")
+    rows = []
     if result.eval_loss is not None:
         before = (f" (before: {result.initial_eval_loss:.4f}, perplexity {result.initial_perplexity:,.2f})"
                   if result.initial_eval_loss is not None else "")
-        table.add_row("eval loss", f"{result.eval_loss:.4f}{before}")
-        table.add_row("perplexity", f"{result.perplexity:,.2f}")
-    table.add_row("parameters", f"{result.parameters:,} ({result.trainable_parameters:,} trainable)")
-    table.add_row("throughput", f"{result.tokens_per_second:,.0f} tokens/s over {result.tokens:,} tokens")
-    out.print(table)
-    out.print("written:", markup=False)
-    for name, path in result.files.items():
-        out.print(f"  {name.replace('_', ' ')}: {path}", markup=False, soft_wrap=True)
-    if result.model_dir:
-        out.print(f"model and tokenizer: {result.model_dir} (AutoModel*.from_pretrained)", markup=False,
-                  soft_wrap=True)
+        rows += [("eval loss", f"{result.eval_loss:.4f}{before}"), ("perplexity", f"{result.perplexity:,.2f}")]
+    rows += [("parameters", f"{result.parameters:,} ({result.trainable_parameters:,} trainable)"),
+             ("throughput", f"{result.tokens_per_second:,.0f} tokens/s over {result.tokens:,} tokens")]
+    render_run(f"pretrain ({result.objective}): {result.steps} steps in {result.seconds:.1f} s", result, rows,
+               f"model and tokenizer: {result.model_dir} (AutoModel*.from_pretrained)" if result.model_dir else None)

@@ -7,6 +7,7 @@ import typer
 from llmkit.commands._options import (ConfigOpt, JsonOpt, OutputDirOpt, OverwriteOpt, PresetOpt, PrintConfigOpt,
                                      TextFieldOpt, TrustRemoteCodeOpt, option)
 from llmkit.commands._runtime import build_config, cli_command, comma_list, console, emit_json, examples, reporter
+from llmkit.ui import format_bytes
 
 app = typer.Typer(help="Quantize models and explain how quantization works.", no_args_is_help=True)
 
@@ -167,15 +168,6 @@ def _label(report) -> str:
            f"compute {report.compute_dtype}"
 
 
-def _size(n) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
 
 def _reports_table(reports):
     from rich.table import Table
@@ -187,8 +179,8 @@ def _reports_table(reports):
     for r in reports:
         s, b, e, p = r.size, r.bits_per_param, r.error, r.perplexity
         table.add_row(r.method + ("+dq" if r.double_quant else ""),
-                      f"{_size(s['disk_before'])} → {_size(s['disk_after'])}",
-                      f"{_size(s['memory_before'])} → {_size(s['memory_after'])}",
+                      f"{format_bytes(s['disk_before'])} → {format_bytes(s['disk_after'])}",
+                      f"{format_bytes(s['memory_before'])} → {format_bytes(s['memory_after'])}",
                       f"{b['theory']:.3f} / {b['achieved']:.3f} / " + (f"{b['on_disk']:.3f}" if b["on_disk"] else "?"),
                       f"{e['mean_rel_frobenius']:.4f} / {e['max_rel_frobenius']:.4f}",
                       f"{p['before']:.4g} → {p['after']:.4g}", f"{p['change_pct']:+.2f}%")

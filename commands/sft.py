@@ -15,7 +15,8 @@ from llmkit.commands._training import (BatchSizeOpt, DataOpt, DeepspeedOpt, Epoc
                                        GradCheckpointingOpt, LoggingStepsOpt, MaxGradNormOpt, MaxStepsOpt,
                                        MixedPrecisionOpt, ModelOpt, OptimizerOpt, ReportToOpt, ResumeOpt,
                                        SaveStepsOpt, SaveTotalLimitOpt, SchedulerOpt, SeqLenOpt, TrainableLayersOpt,
-                                       WarmupRatioOpt, WeightDecayOpt, training_overrides, run_training)
+                                       WarmupRatioOpt, WeightDecayOpt, render_run, run_training,
+                                       training_overrides)
 from llmkit.commands._training import (AnswersFieldOpt, ContextFieldOpt, DocStrideOpt, LabelAllSubtokensOpt,
                                        LabelFieldOpt, LabelsOpt, MaxAnswerLengthOpt, QuestionFieldOpt, TagsFieldOpt,
                                        TaskOpt, TextFieldTaskOpt, TextPairFieldOpt, TokensFieldOpt, task_overrides)
@@ -149,31 +150,18 @@ def sft(
 
 
 def render_task(result) -> None:
-    from rich.table import Table
-
-    out = console()
-    table = Table(title=f"sft --task {result.task}: {result.steps} steps in {result.seconds:.1f} s",
-                  title_justify="left", show_header=False)
-    table.add_column("what")
-    table.add_column("value")
-    table.add_row("loss curve", result.sparkline)
-    if result.train_loss is not None:
-        table.add_row("final train loss", f"{result.train_loss:.4f}")
+    rows = []
     for name, value in result.metrics.items():
         before = result.initial_metrics.get(name)
-        table.add_row(f"eval {name.replace('_', ' ')}", f"{value:.4f}" + (f" (before: {before:.4f})"
-                                                                           if before is not None else ""))
-    table.add_row("examples", f"{result.examples:,} ({result.train_rows:,} rows)"
-                  + (f", {result.eval_examples:,} eval" if result.eval_examples else ""))
+        rows.append((f"eval {name.replace('_', ' ')}", f"{value:.4f}" + (f" (before: {before:.4f})"
+                                                                         if before is not None else "")))
+    rows.append(("examples", f"{result.examples:,} ({result.train_rows:,} rows)"
+                 + (f", {result.eval_examples:,} eval" if result.eval_examples else "")))
     if result.labels:
-        table.add_row("labels", ", ".join(result.labels))
-    table.add_row("parameters", f"{result.parameters:,} ({result.trainable_parameters:,} trainable)")
-    table.add_row("throughput", f"{result.tokens_per_second:,.0f} tokens/s")
-    out.print(table)
-    out.print("written:", markup=False)
-    for name, path in result.files.items():
-        out.print(f"  {name.replace('_', ' ')}: {path}", markup=False, soft_wrap=True)
-
+        rows.append(("labels", ", ".join(result.labels)))
+    rows += [("parameters", f"{result.parameters:,} ({result.trainable_parameters:,} trainable)"),
+             ("throughput", f"{result.tokens_per_second:,.0f} tokens/s")]
+    render_run(f"sft --task {result.task}: {result.steps} steps in {result.seconds:.1f} s", result, rows)
 
 def render_preview(shown) -> None:
     from rich.text import Text
@@ -204,29 +192,17 @@ def render_check(result) -> None:
 
 
 def render(result) -> None:
-    from rich.table import Table
-
-    out = console()
-    table = Table(title=f"sft ({result.format}, template {result.template}): {result.steps} steps in "
-                        f"{result.seconds:.1f} s", title_justify="left", show_header=False)
-    table.add_column("what")
-    table.add_column("value")
-    table.add_row("loss curve", result.sparkline)
-    if result.train_loss is not None:
-        table.add_row("final train loss", f"{result.train_loss:.4f}")
+    rows = []
     if result.eval_loss is not None:
         before = f" (before: {result.initial_eval_loss:.4f})" if result.initial_eval_loss is not None else ""
-        table.add_row("eval loss", f"{result.eval_loss:.4f}{before}")
+        rows.append(("eval loss", f"{result.eval_loss:.4f}{before}"))
     dropped = sum(result.dropped.values())
-    table.add_row("examples", f"{result.examples:,}" + (f" ({dropped:,} dropped)" if dropped else "")
-                  + (f", {result.train_rows:,} packed blocks" if result.packed else ""))
-    table.add_row("trained tokens", f"{result.trained_tokens:,} per epoch (assistant replies and their end token)")
-    table.add_row("parameters", f"{result.parameters:,} ({result.trainable_parameters:,} trainable)")
-    table.add_row("throughput", f"{result.tokens_per_second:,.0f} tokens/s, {result.trained_tokens_per_second:,.0f} "
-                                "trained tokens/s")
-    out.print(table)
-    out.print("written:", markup=False)
-    for name, path in result.files.items():
-        out.print(f"  {name.replace('_', ' ')}: {path}", markup=False, soft_wrap=True)
-    if result.model_dir:
-        out.print(f"model and tokenizer (with its chat template): {result.model_dir}", markup=False, soft_wrap=True)
+    rows += [("examples", f"{result.examples:,}" + (f" ({dropped:,} dropped)" if dropped else "")
+              + (f", {result.train_rows:,} packed blocks" if result.packed else "")),
+             ("trained tokens", f"{result.trained_tokens:,} per epoch (assistant replies and their end token)"),
+             ("parameters", f"{result.parameters:,} ({result.trainable_parameters:,} trainable)"),
+             ("throughput", f"{result.tokens_per_second:,.0f} tokens/s, {result.trained_tokens_per_second:,.0f} "
+                            "trained tokens/s")]
+    render_run(f"sft ({result.format}, template {result.template}): {result.steps} steps in {result.seconds:.1f} s",
+               result, rows, f"model and tokenizer (with its chat template): {result.model_dir}"
+               if result.model_dir else None)

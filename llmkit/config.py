@@ -392,6 +392,10 @@ class ObjectiveArgs:
             problems.append(f"--mean-span-length must be at least 1 (got {self.mean_span_length})")
 
 
+# the transformers Auto class family each pretraining objective trains
+OBJECTIVE_FAMILY = {"causal-lm": "causal-lm", "prefix-lm": "causal-lm", "masked-lm": "masked-lm", "seq2seq": "seq2seq"}
+
+
 @dataclass(frozen=True)
 class PretrainConfig(ObjectiveArgs, TrainArgs, OptimArgs, DataArgs, ModelArgs):
     preset_kind: ClassVar[str] = "pretrain"
@@ -411,15 +415,9 @@ class PretrainConfig(ObjectiveArgs, TrainArgs, OptimArgs, DataArgs, ModelArgs):
         validate(problems)
 
     @property
-    def task(self) -> str:
-        """The transformers Auto class family the objective trains."""
-        return {"causal-lm": "causal-lm", "prefix-lm": "causal-lm", "masked-lm": "masked-lm",
-                "seq2seq": "seq2seq"}[self.objective]
-
-    @property
     def model_task(self) -> str:
         """The Auto class family (llmkit.modeling.AUTO_CLASSES key): the same name across training configs."""
-        return self.task
+        return OBJECTIVE_FAMILY[self.objective]
 
 
 SFTFormat = Literal["auto", "alpaca", "messages", "sharegpt", "prompt-completion"]
@@ -619,7 +617,7 @@ class PeftConfig(PeftArgs, ObjectiveArgs, SFTConfig):
 
     @property
     def model_task(self) -> str:
-        return self.training_config().model_task
+        return SFTConfig.model_task.fget(self) if self.objective == "sft" else OBJECTIVE_FAMILY[self.objective]
 
 
 GenerateTask = Literal["text-generation", "summarization", "translation", "fill-mask", "text-classification",

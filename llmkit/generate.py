@@ -206,24 +206,6 @@ def _example_class(head: str, model_type: str) -> str:
     return table.get(model_type, "?")
 
 
-def _adapter_base(adapter: str) -> str | None:
-    config_file = Path(adapter).expanduser() / "adapter_config.json"
-    if not config_file.is_file():
-        raise ModelLoadError(f"{adapter} has no adapter_config.json, so it is not a PEFT adapter dir",
-                             hint="pass the dir written by `save_pretrained` of a PeftModel (or an llmkit run)")
-    try:
-        return json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path") or None
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{config_file}: invalid JSON: {exc.msg}", hint="re-save the adapter") from None
-
-
-def _same_model(a: str, b: str) -> bool:
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    if pa.exists() and pb.exists():
-        return pa.resolve() == pb.resolve()
-    return a.rstrip("/") == b.rstrip("/")
-
-
 def _has_tokenizer(path: str) -> bool:
     from llmkit.modeling import TOKENIZER_FILES
 
@@ -239,15 +221,9 @@ class Generator:
         self.reporter = reporter or SilentReporter()
         self.name = cfg.model
         if cfg.adapter:
-            base = _adapter_base(cfg.adapter)
-            if not self.name:
-                if base is None:
-                    raise ConfigError(f"the adapter {cfg.adapter} does not name its base model",
-                                      hint="pass --model BASE")
-                self.name = base
-            elif base is not None and not _same_model(base, self.name):
-                raise ConfigError(f"the adapter {cfg.adapter} was trained on {base}, not on --model {self.name}",
-                                  hint=f"pass --model {base} (an adapter only fits the base it was trained on)")
+            from llmkit.modeling import adapter_base
+
+            self.name = adapter_base(cfg.adapter, self.name)
         if model is None:
             self.model, self.tokenizer, self.task = self._load()
         else:  # an already loaded model (tests, the quickstart)

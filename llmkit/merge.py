@@ -34,6 +34,7 @@ import torch
 
 from llmkit.config import MERGE_TOLERANCE, MergeConfig
 from llmkit.errors import ConfigError, LlmkitError, ModelLoadError
+from llmkit.modeling import ADAPTER_INFO, adapter_base, read_json_file
 from llmkit.quantize_model import (QuantSpec, _free, _quiet, _weight_matrix, check_blocksize, load_quantized,
                                    meta_model, quantizable_linears, quantized_modules, read_model_config,
                                    skip_modules)
@@ -60,7 +61,6 @@ class AdapterInfo:
     path: Path
     peft_type: str                   # peft's name: LORA, IA3, ...
     method: str                      # llmkit's: lora, ia3, ...
-    recorded_base: str | None        # llmkit_adapter.json base_model, else adapter_config base_model_name_or_path
     quant: str | None                # nf4 | fp4 | int8 when trained on a quantized base (llmkit_adapter.json)
     double_quant: bool
     blocksize: int
@@ -119,7 +119,7 @@ def merge_adapter(cfg: MergeConfig, reporter: Reporter | None = None) -> MergeRe
     reporter = reporter or SilentReporter()
     started = time.perf_counter()
     info = read_adapter(cfg.adapter)
-    base = resolve_base(cfg, info)
+    base = adapter_base(cfg.adapter, cfg.base, "--base")
     check_output_dir(cfg.output_dir, cfg.overwrite)
     check_model_source(base)
     base_config = read_model_config(base, cfg.trust_remote_code)
@@ -220,7 +220,7 @@ def read_adapter(path_text: str) -> AdapterInfo:
     if not config_file.is_file():
         raise ModelLoadError(f"{path_text} has no adapter_config.json, so it is not a PEFT adapter dir",
                              hint="pass the dir `llmkit peft` or peft's save_pretrained wrote")
-    config = _read_json(config_file)
+    config = read_json_file(config_file)
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type in VIRTUAL_TOKENS:
         raise ConfigError(
@@ -232,13 +232,12 @@ def read_adapter(path_text: str) -> AdapterInfo:
         raise ConfigError(f"{path_text} is a {peft_type or 'unknown'} adapter; llmkit merges "
                           f"{', '.join(v for v in MERGEABLE.values())}",
                           hint=f"keep the adapter and run it with `llmkit generate --adapter {path_text}`")
-    meta_file = path / "llmkit_adapter.json"
-    meta = _read_json(meta_file) if meta_file.is_file() else {}
+    meta_file = path / ADAPTER_INFO
+    meta = read_json_file(meta_file) if meta_file.is_file() else {}
     quant = meta.get("quant") or None
     if quant not in (None, "nf4", "fp4", "int8"):
         raise ModelLoadError(f"{meta_file}: unknown quant {quant!r}", hint="expected null, nf4, fp4 or int8")
     return AdapterInfo(path=path, peft_type=peft_type, method=MERGEABLE[peft_type],
-                       recorded_base=meta.get("base_model") or config.get("base_model_name_or_path") or None,
                        quant=quant, double_quant=bool(meta.get("double_quant", False)),
                        blocksize=int(meta.get("blocksize") or 64), compute_dtype=meta.get("compute_dtype") or "fp32",
                        task=adapter_task(meta, config, path_text), tensors=adapter_tensor_shapes(path))
@@ -255,13 +254,6 @@ def adapter_task(meta: dict, config: dict, where: str) -> str:
     return task
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{path}: invalid JSON: {exc.msg}", hint="re-save the adapter") from None
-
-
 def adapter_tensor_shapes(path: Path) -> dict[str, list[int]]:
     file = path / "adapter_model.safetensors"
     if file.is_file():
@@ -275,26 +267,6 @@ def adapter_tensor_shapes(path: Path) -> dict[str, list[int]]:
         return {k: list(v.shape) for k, v in state.items()}
     raise ModelLoadError(f"{path} has no adapter_model.safetensors (or adapter_model.bin)",
                          hint="the adapter dir is incomplete: re-save it")
-
-
-def resolve_base(cfg: MergeConfig, info: AdapterInfo) -> str:
-    if cfg.base is None:
-        if not info.recorded_base:
-            raise ConfigError(f"the adapter {cfg.adapter} does not name its base model", hint="pass --base")
-        return info.recorded_base
-    if info.recorded_base and not same_model(cfg.base, info.recorded_base, info.path):
-        raise ConfigError(f"the adapter {cfg.adapter} was trained on {info.recorded_base}, not on --base {cfg.base}",
-                          hint=f"pass --base {info.recorded_base} (or leave --base out); if the base moved, fix "
-                               "base_model_name_or_path in adapter_config.json")
-    return cfg.base
-
-
-def same_model(given: str, recorded: str, adapter_dir: Path) -> bool:
-    if given == recorded:
-        return True
-    given_path = Path(given).expanduser()
-    candidates = [Path(recorded).expanduser(), adapter_dir / recorded]
-    return given_path.exists() and any(c.exists() and c.resolve() == given_path.resolve() for c in candidates)
 
 
 def check_fits(info: AdapterInfo, base: str, trust_remote_code: bool) -> None:

@@ -207,3 +207,54 @@ def load_model(name: str, task: str = "causal-lm", *, dtype: str | None = None, 
     except OSError as exc:
         raise ModelLoadError(f"cannot load model {name}: {str(exc).splitlines()[0]}",
                              hint="check the path or id") from None
+
+
+# ------------------------------------------------------------------------------------------------------ adapters
+
+ADAPTER_INFO = "llmkit_adapter.json"   # written by `llmkit peft` beside peft's adapter_config.json
+
+
+def read_json_file(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path}: invalid JSON: {exc.msg}", hint="re-save the adapter") from None
+
+
+def recorded_adapter_base(adapter: str) -> str | None:
+    """The base model an adapter dir says it was trained on (llmkit's record first, then peft's)."""
+    path = Path(adapter).expanduser()
+    config_file = path / "adapter_config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(f"{adapter} has no adapter_config.json, so it is not a PEFT adapter dir",
+                             hint="pass the dir `llmkit peft` or peft's save_pretrained wrote")
+    info_file = path / ADAPTER_INFO
+    info = read_json_file(info_file) if info_file.is_file() else {}
+    return info.get("base_model") or read_json_file(config_file).get("base_model_name_or_path") or None
+
+
+def same_model(given: str, recorded: str, adapter_dir: Path) -> bool:
+    """Whether --model/--base names the recorded base: the same id, or the same dir (a recorded relative path may be
+    relative to the adapter dir)."""
+    if given.rstrip("/") == recorded.rstrip("/"):
+        return True
+    given_path = Path(given).expanduser()
+    candidates = [Path(recorded).expanduser(), adapter_dir / recorded]
+    return given_path.exists() and any(c.exists() and c.resolve() == given_path.resolve() for c in candidates)
+
+
+def adapter_base(adapter: str, given: str | None, flag: str = "--model") -> str:
+    """The base model to use an adapter with: `given` when the adapter was trained on it (refused otherwise), or the
+    base the adapter records."""
+    recorded = recorded_adapter_base(adapter)
+    if not given:
+        if recorded is None:
+            raise ConfigError(f"the adapter {adapter} does not name its base model", hint=f"pass {flag} BASE")
+        return recorded
+    if recorded is not None and not same_model(given, recorded, Path(adapter).expanduser()):
+        raise ConfigError(f"the adapter {adapter} was trained on {recorded}, not on {flag} {given}",
+                          hint=f"pass {flag} {recorded} (an adapter only fits the base it was trained on); if the "
+                               "base moved, fix base_model_name_or_path in adapter_config.json")
+    return given

@@ -99,21 +99,12 @@ class TaskModel:
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
-        from llmkit.generate import (_adapter_base, _attach_adapter, _device, _has_tokenizer, _load_model_config,
-                                     _same_model)
-        from llmkit.modeling import load_model, load_tokenizer
+        from llmkit.generate import _attach_adapter, _device, _has_tokenizer, _load_model_config
+        from llmkit.modeling import adapter_base, load_model, load_tokenizer
 
         cfg = self.cfg
         if cfg.adapter:
-            base = _adapter_base(cfg.adapter)
-            if not self.name:
-                if base is None:
-                    raise ConfigError(f"the adapter {cfg.adapter} does not name its base model",
-                                      hint="pass --model BASE")
-                self.name = base
-            elif base is not None and not _same_model(base, self.name):
-                raise ConfigError(f"the adapter {cfg.adapter} was trained on {base}, not on --model {self.name}",
-                                  hint=f"pass --model {base}")
+            self.name = adapter_base(cfg.adapter, self.name)
         model_config = _load_model_config(self.name, cfg.trust_remote_code)
         check_head(model_config, self.task, self.name)
         if cfg.load_in_8bit or cfg.load_in_4bit:

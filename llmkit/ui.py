@@ -80,6 +80,16 @@ class RichReporter:
             yield lambda n=1: bar.advance(task, n)
 
 
+def format_bytes(n: float | None) -> str:
+    """1536 -> '1.5 KiB' (powers of 2, one decimal; '?' when unknown)."""
+    if n is None:
+        return "?"
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{int(n)} B"
+
+
 def _escape(text: str) -> str:
     from rich.markup import escape
 

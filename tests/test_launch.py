@@ -440,6 +440,17 @@ def _all_gone(marker: str, within: float = 15.0) -> bool:
     return True
 
 
+def _start_launch(cmd, marker: str, tmp_path):
+    """A 2-process CPU launch in the background, its output going to a file (a pipe nobody reads while waiting
+    would fill up and stall the job)."""
+    log = tmp_path / "launch.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "llmkit", "launch", "--cpu", "--num-processes", "2", "--",
+                                 *map(str, cmd)], stdout=sink, stderr=subprocess.STDOUT, text=True,
+                                env=_env(LLMKIT_TEST_MARK=marker))
+    return proc, log
+
+
 def test_a_rank_dying_stops_the_others_and_keeps_the_last_checkpoint(configs, bpe_dir, docs_file, tmp_path):
     from llmkit.training import rundir
 
@@ -447,21 +458,22 @@ def test_a_rank_dying_stops_the_others_and_keeps_the_last_checkpoint(configs, bp
     out = tmp_path / "run"
     cmd = _train(configs, bpe_dir, docs_file, out, "--batch-size", 2, "--max-steps", 2000, "--save-steps", 2,
                  "--epochs", 100)
-    proc = subprocess.Popen([sys.executable, "-m", "llmkit", "launch", "--cpu", "--num-processes", "2", "--",
-                             *map(str, cmd)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(LLMKIT_TEST_MARK=marker))
+    proc, log = _start_launch(cmd, marker, tmp_path)
     try:
         deadline = time.monotonic() + 240
-        while not (out / "checkpoints" / "checkpoint-4" / "trainer_state.json").is_file():
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no checkpoint-4 in time"
-            time.sleep(0.2)
+        # checkpoints rotate (--save-total-limit 2): wait for any whole one from step 4 on
+        while not any(int(c.name.split("-")[1]) >= 4 and (c / "trainer_state.json").is_file()
+                      for c in rundir.checkpoints(out)):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint from step 4 on in time: " + log.read_text()[-3000:]
+            time.sleep(0.05)
         [victim] = _pids_with(marker, rank="1")
         os.kill(victim, signal.SIGKILL)
-        _, stderr = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
+    stderr = log.read_text()
     assert proc.returncode == 1, stderr[-3000:]
     assert "Error: a training process failed" in stderr
     assert _all_gone(marker)                                        # nobody is left running
@@ -476,22 +488,21 @@ def test_ctrl_c_is_forwarded_once_the_ranks_checkpoint_and_launch_exits_130(conf
     out = tmp_path / "run"
     cmd = _train(configs, bpe_dir, docs_file, out, "--batch-size", 2, "--max-steps", 2000, "--save-steps", 1000,
                  "--epochs", 100)
-    proc = subprocess.Popen([sys.executable, "-m", "llmkit", "launch", "--cpu", "--num-processes", "2", "--",
-                             *map(str, cmd)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(LLMKIT_TEST_MARK=marker))
+    proc, log = _start_launch(cmd, marker, tmp_path)
     try:
         deadline = time.monotonic() + 240
         while not (out / "metrics.jsonl").is_file() or len((out / "metrics.jsonl").read_text().splitlines()) < 3:
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "training did not start in time"
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "training did not start in time: " + log.read_text()[-3000:]
             time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         signalled = time.monotonic()
-        _, stderr = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
         stopped_in = time.monotonic() - signalled
     finally:
         if proc.poll() is None:
             proc.kill()
+    stderr = log.read_text()
     assert proc.returncode == 130, stderr[-3000:]
     # the ranks agree on the step to stop at; a rank left waiting in an all-reduce would be killed after 30 s
     assert stopped_in < 25, stopped_in

@@ -108,10 +108,13 @@ def test_each_method_trains_only_its_adapter_and_reloads_to_the_same_logits(meth
     assert result.trainable_parameters == _peft_trainable(llama_base, cfg) > 0
     assert sum(r.parameters for r in result.parameter_table if r.trainable) == result.trainable_parameters
     original = load_file(str(llama_base / "model.safetensors"))
+    compared = set()
     for name, value in capture.base_state.items():   # the base is untouched (peft's own copies aside)
         key = name.replace("base_layer.", "")
         if key in original:
             assert torch.equal(value, original[key]), name
+            compared.add(key)
+    assert compared == set(original)                  # every base weight was found and compared
     losses = _losses(tmp_path / "run")
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4, losses
 

@@ -18,9 +18,9 @@ from typing import Any
 from llmkit.config import PROMPT_METHODS, PeftConfig
 from llmkit.configio import dump_yaml
 from llmkit.errors import ConfigError
+from llmkit.modeling import ADAPTER_INFO
 from llmkit.ui import Reporter, SilentReporter
 
-ADAPTER_INFO = "llmkit_adapter.json"
 # peft's task type for each training head (masked-LM has none: only LoRA and IA3, which need no task type)
 TASK_TYPES = {"causal-lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "masked-lm": None, "seq-cls": "SEQ_CLS",
               "token-cls": "TOKEN_CLS", "extractive-qa": "QUESTION_ANS"}
@@ -163,6 +163,7 @@ class AdapterPlan:
     feedforward: list[str] = field(default_factory=list)
     base_bytes: int = 0
     table: list[ParameterRow] = field(default_factory=list)
+    reporter: Reporter = field(default_factory=SilentReporter)
 
     @property
     def load_options(self) -> dict[str, Any]:
@@ -192,7 +193,20 @@ class AdapterPlan:
 
             self.targets = sorted(wrapped_module_names(wrapped, "lora_A"))
         self.table = parameter_table(wrapped)
+        self.reporter.info(self.describe())   # before training starts, and before the memory forecast
         return wrapped
+
+    def describe(self) -> str:
+        """The trainable-parameter table: what trains, what is frozen, and the trainable share."""
+        total = sum(r.parameters for r in self.table)
+        trainable = sum(r.parameters for r in self.table if r.trainable)
+        what = self.cfg.method + (f" on {', '.join(self.targets)}" if self.targets else "") \
+            + (f" over a {self.cfg.quant} base" if self.cfg.quant != "none" else "")
+        lines = [f"adapter: {what}"]
+        for r in self.table:
+            lines.append(f"  {r.part:<40} {r.parameters:>14,}  {'trainable' if r.trainable else 'frozen'}")
+        lines.append(f"  {'trainable / total':<40} {trainable:>14,} / {total:,} = {trainable / max(total, 1):.4%}")
+        return "\n".join(lines)
 
     def peft_config(self, model, model_task: str):
         import peft
@@ -312,7 +326,7 @@ def run_peft(cfg: PeftConfig, reporter: Reporter | None = None, callbacks: list 
     _quiet_library_warnings()
     training_cfg = cfg.training_config()
     plan = AdapterPlan(cfg, tokenizer_source=cfg.tokenizer or cfg.model,
-                       quantization_config=quantization_config(cfg))
+                       quantization_config=quantization_config(cfg), reporter=reporter)
     if cfg.optimizer in ("adamw-8bit", "paged-adamw-8bit") and cfg.quant == "none":
         reporter.info(f"--optimizer {cfg.optimizer}: 8-bit optimizer states for the adapter's parameters")
     from llmkit.training.pretrain import TrainingInterrupted
@@ -321,13 +335,11 @@ def run_peft(cfg: PeftConfig, reporter: Reporter | None = None, callbacks: list 
         if cfg.objective == "sft":
             from llmkit.training.sft import run_sft
 
-            result = run_sft(training_cfg, reporter=_TableReporter(reporter, plan, cfg), callbacks=callbacks,
-                             adapt_model=plan)
+            result = run_sft(training_cfg, reporter=reporter, callbacks=callbacks, adapt_model=plan)
         else:
             from llmkit.training.pretrain import run_pretrain
 
-            result = run_pretrain(training_cfg, reporter=_TableReporter(reporter, plan, cfg), callbacks=callbacks,
-                                  adapt_model=plan)
+            result = run_pretrain(training_cfg, reporter=reporter, callbacks=callbacks, adapt_model=plan)
     except TrainingInterrupted as stop:   # the partial result stays the training run's (steps, checkpoint)
         _record_run(cfg, plan, stop.result)
         raise
@@ -341,40 +353,6 @@ def _quiet_library_warnings() -> None:
 
     # peft's k-bit preparation asks transformers 5 a deprecated question; the answer is right
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-
-
-class _TableReporter:
-    """Passes everything through; the first message after the adapter is attached is preceded by the parameter
-    table, so it comes before training starts (and before the memory forecast)."""
-
-    def __init__(self, inner: Reporter, plan: AdapterPlan, cfg: PeftConfig):
-        self.inner, self.plan, self.cfg, self.shown = inner, plan, cfg, False
-
-    def _table_first(self) -> None:
-        if self.shown or not self.plan.table:
-            return
-        self.shown = True
-        rows = self.plan.table
-        total = sum(r.parameters for r in rows)
-        trainable = sum(r.parameters for r in rows if r.trainable)
-        what = f"{self.cfg.method}" + (f" on {', '.join(self.plan.targets)}" if self.plan.targets else "") \
-            + (f" over a {self.cfg.quant} base" if self.cfg.quant != "none" else "")
-        lines = [f"adapter: {what}"]
-        for r in rows:
-            lines.append(f"  {r.part:<40} {r.parameters:>14,}  {'trainable' if r.trainable else 'frozen'}")
-        lines.append(f"  {'trainable / total':<40} {trainable:>14,} / {total:,} = {trainable / max(total, 1):.4%}")
-        self.inner.info("\n".join(lines))
-
-    def info(self, message: str) -> None:
-        self._table_first()
-        self.inner.info(message)
-
-    def warn(self, message: str) -> None:
-        self.inner.warn(message)
-
-    def progress(self, description: str, total: int | None = None):
-        self._table_first()
-        return self.inner.progress(description, total)
 
 
 def _record_run(cfg: PeftConfig, plan: AdapterPlan, result) -> None:
@@ -416,10 +394,6 @@ def _dir_bytes(path: str | None) -> int | None:
 def _peft_result(cfg: PeftConfig, plan: AdapterPlan, result) -> PeftResult:
     trainable = sum(r.parameters for r in plan.table if r.trainable)
     total = sum(r.parameters for r in plan.table)
-    files = dict(getattr(result, "files", {}) or {})
-    if "model" in files:
-        files["adapter"] = files.pop("model")
-        result.files = files
     return PeftResult(
         method=cfg.method, objective=cfg.objective, task=cfg.task, base_model=cfg.model,
         adapter_dir=result.model_dir, adapter_bytes=_dir_bytes(result.model_dir), base_bytes=plan.base_bytes,

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import os
-
 from llmkit.config import PretrainConfig
 from llmkit.configio import dump_yaml
 from llmkit.errors import ConfigError, DataError
-from llmkit.ui import Reporter, SilentReporter
+from llmkit.ui import Reporter, SilentReporter, format_bytes
 
 if TYPE_CHECKING:
     from llmkit.training.trainer import ModelAdapter
@@ -81,31 +80,55 @@ def check_objective(objective: str, model_type: str, is_encoder_decoder: bool, n
                       hint=f"use --objective {FITTING[kind]} for this model")
 
 
-def load_model_and_tokenizer(cfg: PretrainConfig, quantization_config=None, dtype: str = "fp32"):
-    """(model, tokenizer, source) for --from-scratch presets/config.json files and for pretrained dirs/ids;
-    `quantization_config` (QLoRA) loads the pretrained base through bitsandbytes, `dtype` is what its weights are
-    stored in (fp32 unless a frozen adapter base is loaded in bf16)."""
-    from llmkit.modeling import load_model, load_tokenizer, model_config_fields
+def load_source_tokenizer(cfg) -> tuple[object, bool, dict | None]:
+    """(tokenizer, scratch, fields): the run's tokenizer (pad = eos where it has no pad) and whether --model is an
+    architecture to build (a preset's fields, or None for a config.json: `scratch_fields` reads it)."""
+    from llmkit.modeling import load_tokenizer, model_config_fields
 
     fields = model_config_fields(cfg.model)
     path = Path(cfg.model).expanduser()
-    is_config_file = path.is_file() and path.suffix == ".json"
     if fields is not None and not cfg.from_scratch:
         raise ConfigError(f"'{cfg.model}' is an architecture preset, with no trained weights",
                           hint="add --from-scratch --tokenizer TOK to train it from random initialisation")
-    scratch = cfg.from_scratch or is_config_file
+    scratch = cfg.from_scratch or (path.is_file() and path.suffix == ".json")
     if scratch and not cfg.tokenizer:
         raise ConfigError("a model built from an architecture needs --tokenizer", hint="pass --tokenizer DIR")
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, trust_remote_code=cfg.trust_remote_code)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token   # collation only: labels are masked by position, not by id
+    return tokenizer, scratch, fields
+
+
+def scratch_fields(cfg, fields: dict | None) -> dict:
+    """The architecture --from-scratch builds: a preset's fields, or the config.json --model names."""
+    if fields is not None:
+        return fields
+    path = Path(cfg.model).expanduser()
+    config_file = path / "config.json" if path.is_dir() else path
+    if not config_file.is_file():
+        raise ConfigError(f"--from-scratch: '{cfg.model}' is neither a model preset nor a config.json",
+                          hint="give a preset (`llmkit presets`), a config.json or a model dir")
+    return json.loads(config_file.read_text(encoding="utf-8"))
+
+
+def load_device(quantization_config) -> str | None:
+    """Where a pretrained base loads: bitsandbytes quantizes while placing the weights on this rank's GPU."""
+    if quantization_config is None:
+        return None
+    import torch
+
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else None
+
+
+def load_model_and_tokenizer(cfg: PretrainConfig, quantization_config=None, dtype: str = "fp32"):
+    """(model, tokenizer, source) for --from-scratch presets/config.json files and for pretrained dirs/ids;
+    `quantization_config` (QLoRA) loads the pretrained base through bitsandbytes, `dtype` is what its weights are
+    stored in (fp32 unless a frozen adapter base is loaded in bf16)."""
+    from llmkit.modeling import load_model
+
+    tokenizer, scratch, fields = load_source_tokenizer(cfg)
     if scratch:
-        if fields is None:
-            config_file = path / "config.json" if path.is_dir() else path
-            if not config_file.is_file():
-                raise ConfigError(f"--from-scratch: '{cfg.model}' is neither a model preset nor a config.json",
-                                  hint="give a preset (`llmkit presets`), a config.json or a model dir")
-            fields = json.loads(config_file.read_text(encoding="utf-8"))
+        fields = scratch_fields(cfg, fields)
         check_objective(cfg.objective, fields.get("model_type", ""), bool(fields.get("is_encoder_decoder")),
                         cfg.model)
         return None, tokenizer, fields
@@ -118,14 +141,8 @@ def load_model_and_tokenizer(cfg: PretrainConfig, quantization_config=None, dtyp
     if config is not None:
         check_objective(cfg.objective, config.model_type, bool(getattr(config, "is_encoder_decoder", False)),
                         cfg.model)
-    device = None
-    if quantization_config is not None:
-        import torch
-
-        if torch.cuda.is_available():   # bitsandbytes quantizes while placing the weights on the GPU
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     model = load_model(cfg.model, cfg.model_task, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
-                       quantization_config=quantization_config, device=device)
+                       quantization_config=quantization_config, device=load_device(quantization_config))
     return model, tokenizer, None
 
 
@@ -242,8 +259,6 @@ def _run_pretrain(cfg: PretrainConfig, reporter: Reporter | None, callbacks: lis
     from llmkit.training import integrations, rundir
 
     ds_config, run, resume_from = open_run(cfg, reporter)
-    import torch
-
     model, tokenizer, fields = load_model_and_tokenizer(cfg, **(adapt_model.load_options if adapt_model else {}))
     if cfg.objective == "seq2seq":
         from llmkit.training.objectives import ensure_sentinels, max_spans
@@ -307,32 +322,16 @@ def _run_pretrain(cfg: PretrainConfig, reporter: Reporter | None, callbacks: lis
                                metrics_file=metrics_file, resume_from=resume_from, report_to=cfg.report_to,
                                eval_before=eval_before, callbacks=callbacks)
     status, initial, final_eval, model_dir = outcome.status, outcome.initial_eval, outcome.final_eval, outcome.model_dir
-    tokens, rate, train_seconds = outcome.tokens, outcome.tokens_per_second, outcome.train_seconds
-    seconds = time.perf_counter() - started
-    manifest = {
-        "command": "llmkit pretrain", "status": status, "versions": rundir.library_versions(),
-        "data": {"source": cfg.data, "fingerprint": rundir.fingerprint(cfg.data), "train_rows": len(train_set),
-                 "train_tokens": train_set.tokens, "eval_source": cfg.eval_data or
-                 (f"{cfg.eval_split:g} of --data" if cfg.eval_split else None),
-                 "eval_fingerprint": rundir.fingerprint(cfg.eval_data) if cfg.eval_data else None,
-                 "eval_rows": len(eval_set) if eval_set else 0},
-        "model": {"class": type(trainer.model).__name__, "parameters": total, "trainable_parameters": trainable},
-        "steps": trainer.state.global_step, "tokens_trained_this_run": tokens,
-        "tokens_per_second": round(rate, 1), "wall_seconds": round(seconds, 3),
-        "train_seconds": round(train_seconds, 3), "resumed_from": str(resume_from) if resume_from else None,
-        "threads": torch.get_num_threads(), "device": str(args.device), **rundir.peak_memory(),
-        "deepspeed": None if ds_config is None else {"config": cfg.deepspeed,
-                                                     "zero_stage": integrations.zero_stage(ds_config)},
-    }
-    manifest["memory"] = memory_record(forecast, manifest)
-    if integrations.is_main_process():
-        rundir.write_json(run / rundir.MANIFEST, manifest)
+    tokens, rate = outcome.tokens, outcome.tokens_per_second
+    seconds, files = record_run(
+        "llmkit pretrain", run, trainer, outcome, parameters=(total, trainable), forecast=forecast,
+        ds_config=ds_config, deepspeed=cfg.deepspeed, resume_from=resume_from, started=started,
+        data={"source": cfg.data, "fingerprint": rundir.fingerprint(cfg.data), "train_rows": len(train_set),
+              "train_tokens": train_set.tokens, "eval_source": cfg.eval_data or
+              (f"{cfg.eval_split:g} of --data" if cfg.eval_split else None),
+              "eval_fingerprint": rundir.fingerprint(cfg.eval_data) if cfg.eval_data else None,
+              "eval_rows": len(eval_set) if eval_set else 0})
     losses = outcome.losses
-    files = {"resolved_config": str(run / "resolved_config.yaml"), "metrics": str(metrics_file),
-             "loss_curve": str(run / rundir.CURVE), "manifest": str(run / rundir.MANIFEST),
-             "checkpoints": str(run / rundir.CHECKPOINTS)}
-    if model_dir is not None:
-        files["model"] = str(model_dir)
     result = PretrainResult(
         output_dir=str(run), model_dir=str(model_dir) if model_dir else None, objective=cfg.objective,
         status=status, steps=trainer.state.global_step, epochs=round(float(trainer.state.epoch or 0.0), 4),
@@ -366,9 +365,10 @@ def memory_forecast(cfg: PretrainConfig, model, ds_config, on_gpu: bool, reporte
     d = est.per_device
     where = "per GPU" if on_gpu else "on CPU, without the runtime overhead (--overhead 0)"
     approx = f"; {spec.approximated}" if spec.approximated else ""
-    reporter.info(f"expected peak memory (memory-estimate) {_size(d['total'])} {where}: weights {_size(d['weights'])}, "
-                  f"gradients {_size(d['gradients'])}, optimizer {_size(d['optimizer'])}, "
-                  f"activations {_size(d['activations'])}, peak in {est.peak_phase}{approx}")
+    reporter.info(f"expected peak memory (memory-estimate) {format_bytes(d['total'])} {where}: weights "
+                  f"{format_bytes(d['weights'])}, gradients {format_bytes(d['gradients'])}, optimizer "
+                  f"{format_bytes(d['optimizer'])}, activations {format_bytes(d['activations'])}, peak in "
+                  f"{est.peak_phase}{approx}")
     return est
 
 
@@ -390,11 +390,38 @@ def memory_record(est, manifest: dict) -> dict:
     return record
 
 
-def _size(n: float) -> str:
-    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
-        if n >= scale:
-            return f"{n / scale:,.1f} {unit}"
-    return f"{int(n)} B"
+def record_run(command: str, run: Path, trainer, outcome, *, data: dict, parameters: tuple[int, int], forecast,
+               ds_config: dict | None, deepspeed: str | None, resume_from: Path | None, started: float,
+               extra: dict | None = None) -> tuple[float, dict[str, str]]:
+    """manifest.json with what every training run records (RANK 0 writes it); returns (wall seconds, the run's files
+    for the result, the final model or adapter dir under its own name)."""
+    import torch
+
+    from llmkit.training import integrations, rundir
+
+    seconds = time.perf_counter() - started
+    total, trainable = parameters
+    manifest = {
+        "command": command, "status": outcome.status, "versions": rundir.library_versions(), "data": data,
+        "model": {"class": type(trainer.model).__name__, "parameters": total, "trainable_parameters": trainable},
+        "steps": trainer.state.global_step, "tokens_trained_this_run": outcome.tokens,
+        "tokens_per_second": round(outcome.tokens_per_second, 1), "wall_seconds": round(seconds, 3),
+        "train_seconds": round(outcome.train_seconds, 3), "resumed_from": str(resume_from) if resume_from else None,
+        "threads": torch.get_num_threads(), "device": str(trainer.args.device), **rundir.peak_memory(),
+        "deepspeed": None if ds_config is None else {"config": deepspeed,
+                                                     "zero_stage": integrations.zero_stage(ds_config)},
+        **(extra or {}),
+    }
+    manifest["memory"] = memory_record(forecast, manifest)
+    if integrations.is_main_process():   # under a launcher only RANK 0 writes the run dir
+        rundir.write_json(run / rundir.MANIFEST, manifest)
+    files = {"resolved_config": str(run / "resolved_config.yaml"), "metrics": str(run / rundir.METRICS),
+             "loss_curve": str(run / rundir.CURVE), "manifest": str(run / rundir.MANIFEST),
+             "checkpoints": str(run / rundir.CHECKPOINTS)}
+    if outcome.model_dir is not None:
+        files[outcome.model_dir.name] = str(outcome.model_dir)
+    return seconds, files
+
 
 
 class TrainingInterrupted(KeyboardInterrupt):

@@ -288,7 +288,7 @@ def _run_sft(cfg: SFTConfig, reporter: Reporter, callbacks: list | None = None,
     from llmkit.training.data import RowDataset, split_eval
     from llmkit.training.objectives import make_loss
     from llmkit.training.pretrain import (TrainingInterrupted, build_scratch_model, load_model_and_tokenizer,
-                                          memory_forecast, memory_record, open_run)
+                                          memory_forecast, open_run, record_run)
 
     ds_config, run, resume_from = open_run(cfg, reporter)
     model, tokenizer, fields = load_model_and_tokenizer(cfg, **(adapt_model.load_options if adapt_model else {}))
@@ -364,36 +364,19 @@ def _run_sft(cfg: SFTConfig, reporter: Reporter, callbacks: list | None = None,
                                metrics_file=metrics_file, resume_from=resume_from, report_to=cfg.report_to,
                                callbacks=callbacks, before_save=before_save)
     status, initial, final_eval, model_dir = outcome.status, outcome.initial_eval, outcome.final_eval, outcome.model_dir
-    train_seconds = outcome.train_seconds
-    tokens = outcome.tokens
+    tokens, rate, train_seconds = outcome.tokens, outcome.tokens_per_second, outcome.train_seconds
     epochs_done = float(trainer.state.epoch or 0.0)
-    trained_seen = trained_tokens * epochs_done
-    rate = tokens / train_seconds if train_seconds > 0 else 0.0
-    trained_rate = trained_seen / train_seconds if train_seconds > 0 else 0.0
-    seconds = time.perf_counter() - started
-    manifest = {
-        "command": "llmkit sft", "status": status, "versions": rundir.library_versions(),
-        "data": {"source": cfg.data, "fingerprint": rundir.fingerprint(cfg.data), "format": encoded.format,
-                 "template": name, "examples": len(train_examples), "dropped": encoded.dropped,
-                 "truncated": encoded.truncated, "trained_tokens": trained_tokens, "train_rows": len(train_set),
-                 "eval_source": cfg.eval_data or (f"{cfg.eval_split:g} of --data" if cfg.eval_split else None),
-                 "eval_rows": len(eval_set) if eval_set else 0},
-        "model": {"class": type(trainer.model).__name__, "parameters": total, "trainable_parameters": trainable},
-        "steps": trainer.state.global_step, "tokens_trained_this_run": tokens,
-        "tokens_per_second": round(rate, 1), "trained_tokens_per_second": round(trained_rate, 1),
-        "wall_seconds": round(seconds, 3), "train_seconds": round(train_seconds, 3),
-        "resumed_from": str(resume_from) if resume_from else None,
-        "threads": torch.get_num_threads(), "device": str(args.device), **rundir.peak_memory(),
-    }
-    manifest["memory"] = memory_record(forecast, manifest)
-    if integrations.is_main_process():   # under a launcher only RANK 0 writes the run dir
-        rundir.write_json(run / rundir.MANIFEST, manifest)
+    trained_rate = trained_tokens * epochs_done / train_seconds if train_seconds > 0 else 0.0
+    seconds, files = record_run(
+        "llmkit sft", run, trainer, outcome, parameters=(total, trainable), forecast=forecast, ds_config=ds_config,
+        deepspeed=cfg.deepspeed, resume_from=resume_from, started=started,
+        data={"source": cfg.data, "fingerprint": rundir.fingerprint(cfg.data), "format": encoded.format,
+              "template": name, "examples": len(train_examples), "dropped": encoded.dropped,
+              "truncated": encoded.truncated, "trained_tokens": trained_tokens, "train_rows": len(train_set),
+              "eval_source": cfg.eval_data or (f"{cfg.eval_split:g} of --data" if cfg.eval_split else None),
+              "eval_rows": len(eval_set) if eval_set else 0},
+        extra={"trained_tokens_per_second": round(trained_rate, 1)})
     losses = outcome.losses
-    files = {"resolved_config": str(run / "resolved_config.yaml"), "metrics": str(metrics_file),
-             "loss_curve": str(run / rundir.CURVE), "manifest": str(run / rundir.MANIFEST),
-             "checkpoints": str(run / rundir.CHECKPOINTS)}
-    if model_dir is not None:
-        files["model"] = str(model_dir)
     result = SFTResult(
         output_dir=str(run), model_dir=str(model_dir) if model_dir else None, status=status, format=encoded.format,
         template=name, multi_turn=cfg.multi_turn, packed=cfg.pack, steps=trainer.state.global_step,

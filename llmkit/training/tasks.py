@@ -174,24 +174,6 @@ class TaskTrainer(LlmkitTrainer):
 
 # ------------------------------------------------------------------------------------------------------ model
 
-def _load_tokenizer(cfg: SFTConfig):
-    from llmkit.modeling import load_tokenizer, model_config_fields
-
-    fields = model_config_fields(cfg.model)
-    path = Path(cfg.model).expanduser()
-    is_config_file = path.is_file() and path.suffix == ".json"
-    if fields is not None and not cfg.from_scratch:
-        raise ConfigError(f"'{cfg.model}' is an architecture preset, with no trained weights",
-                          hint="add --from-scratch --tokenizer TOK to train it from random initialisation")
-    scratch = cfg.from_scratch or is_config_file
-    if scratch and not cfg.tokenizer:
-        raise ConfigError("a model built from an architecture needs --tokenizer", hint="pass --tokenizer DIR")
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, trust_remote_code=cfg.trust_remote_code)
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer, scratch, fields
-
-
 def _model_labels(cfg: SFTConfig) -> tuple[str, ...]:
     """The label names of a model dir that already has this task's head (continued training keeps its ids)."""
     path = Path(cfg.model).expanduser()
@@ -212,10 +194,8 @@ def _build_or_load(cfg: SFTConfig, tokenizer, scratch: bool, fields: dict | None
                    space: taskdata.LabelSpace | None, quantization_config=None, dtype: str | None = "fp32"):
     """The model with its head: num_labels, id2label/label2id (or problem_type regression) and pad_token_id set.
     `quantization_config`/`dtype` are `llmkit peft`'s load options (QLoRA; a frozen base kept in bf16)."""
-    import json
-    import os
-
     from llmkit.modeling import build_model, load_model
+    from llmkit.training.pretrain import load_device, scratch_fields
 
     head: dict = {}
     if space is not None:
@@ -227,20 +207,12 @@ def _build_or_load(cfg: SFTConfig, tokenizer, scratch: bool, fields: dict | None
     if tokenizer.pad_token_id is not None:
         head["pad_token_id"] = tokenizer.pad_token_id
     if scratch:
-        if fields is None:
-            path = Path(cfg.model).expanduser()
-            config_file = path / "config.json" if path.is_dir() else path
-            if not config_file.is_file():
-                raise ConfigError(f"--from-scratch: '{cfg.model}' is neither a model preset nor a config.json",
-                                  hint="give a preset (`llmkit presets`), a config.json or a model dir")
-            fields = json.loads(config_file.read_text(encoding="utf-8"))
-        fields = {k: v for k, v in fields.items() if k not in ("id2label", "label2id", "num_labels")}
+        fields = {k: v for k, v in scratch_fields(cfg, fields).items()
+                  if k not in ("id2label", "label2id", "num_labels")}
         return build_model(fields, cfg.task, vocab_size=len(tokenizer), overrides=head, seed=cfg.seed)
-    device = None
-    if quantization_config is not None and torch.cuda.is_available():   # bitsandbytes quantizes onto the GPU
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     return load_model(cfg.model, cfg.task, dtype=dtype or "fp32", trust_remote_code=cfg.trust_remote_code,
-                      quantization_config=quantization_config, device=device, ignore_mismatched_sizes=True, **head)
+                      quantization_config=quantization_config, device=load_device(quantization_config),
+                      ignore_mismatched_sizes=True, **head)
 
 
 # --------------------------------------------------------------------------------------------------------- run
@@ -275,10 +247,11 @@ def _run_task(cfg: SFTConfig, reporter: Reporter, callbacks: list | None, adapt_
     from llmkit.training import integrations, rundir
     from llmkit.training import trainer as t
     from llmkit.training.data import RowDataset, split_eval
-    from llmkit.training.pretrain import TrainingInterrupted, memory_forecast, memory_record, open_run
+    from llmkit.training.pretrain import (TrainingInterrupted, load_source_tokenizer, memory_forecast, open_run,
+                                          record_run)
 
     ds_config, run, resume_from = open_run(cfg, reporter)
-    tokenizer, scratch, fields = _load_tokenizer(cfg)
+    tokenizer, scratch, fields = load_source_tokenizer(cfg)
 
     records = taskdata.read_records(cfg.data)
     eval_records, eval_source = None, cfg.eval_data
@@ -355,29 +328,15 @@ def _run_task(cfg: SFTConfig, reporter: Reporter, callbacks: list | None, adapt_
     outcome = t.train_and_save(trainer, run=run, collator=collator, tokenizer=tokenizer, reporter=reporter,
                                metrics_file=metrics_file, resume_from=resume_from, report_to=cfg.report_to,
                                eval_before=False, callbacks=callbacks, before_save=keep_final)
-    seconds = time.perf_counter() - started
-    manifest = {
-        "command": f"llmkit sft --task {cfg.task}", "status": outcome.status, "versions": rundir.library_versions(),
-        "data": {"source": cfg.data, "fingerprint": rundir.fingerprint(cfg.data), "examples": train.examples,
-                 "train_rows": len(train_set), "truncated": train.truncated,
-                 "eval_source": cfg.eval_data or (f"{cfg.eval_split:g} of --data" if cfg.eval_split else None),
-                 "eval_examples": evaluation.examples if evaluation else 0},
-        "labels": [] if space is None else space.names,
-        "model": {"class": type(trainer.model).__name__, "parameters": total, "trainable_parameters": trainable},
-        "steps": trainer.state.global_step, "tokens_trained_this_run": outcome.tokens,
-        "tokens_per_second": round(outcome.tokens_per_second, 1), "wall_seconds": round(seconds, 3),
-        "train_seconds": round(outcome.train_seconds, 3), "resumed_from": str(resume_from) if resume_from else None,
-        "threads": torch.get_num_threads(), "device": str(args.device), **rundir.peak_memory(),
-        "metrics": final, "initial_metrics": initial_metrics,
-    }
-    manifest["memory"] = memory_record(forecast, manifest)
-    rundir.write_json(run / rundir.MANIFEST, manifest)
+    seconds, files = record_run(
+        f"llmkit sft --task {cfg.task}", run, trainer, outcome, parameters=(total, trainable), forecast=forecast,
+        ds_config=ds_config, deepspeed=cfg.deepspeed, resume_from=resume_from, started=started,
+        data={"source": cfg.data, "fingerprint": rundir.fingerprint(cfg.data), "examples": train.examples,
+              "train_rows": len(train_set), "truncated": train.truncated,
+              "eval_source": cfg.eval_data or (f"{cfg.eval_split:g} of --data" if cfg.eval_split else None),
+              "eval_examples": evaluation.examples if evaluation else 0},
+        extra={"labels": [] if space is None else space.names, "metrics": final, "initial_metrics": initial_metrics})
     losses = outcome.losses
-    files = {"resolved_config": str(run / "resolved_config.yaml"), "metrics": str(metrics_file),
-             "loss_curve": str(run / rundir.CURVE), "manifest": str(run / rundir.MANIFEST),
-             "checkpoints": str(run / rundir.CHECKPOINTS)}
-    if outcome.model_dir is not None:
-        files["model"] = str(outcome.model_dir)
     result = TaskResult(
         output_dir=str(run), model_dir=str(outcome.model_dir) if outcome.model_dir else None, status=outcome.status,
         task=cfg.task, steps=trainer.state.global_step, epochs=round(float(trainer.state.epoch or 0.0), 4),
