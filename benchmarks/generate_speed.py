@@ -54,7 +54,8 @@ def main() -> None:
 
     from llmkit import corpus
     from llmkit.config import GenerateConfig
-    from llmkit.generate import Generator, run_batch
+    from llmkit.inference.batch import run_batch
+    from llmkit.inference.generator import Generator
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="llmkit-gen-bench-"))

@@ -8,6 +8,10 @@ tokens/s = tokens with a label in one epoch / train_runtime (each Trainer's own 
 environment (benchmarks/_work/trl-venv: a venv that sees this project's packages plus `pip install --no-deps trl`).
 
   .venv/bin/python benchmarks/sft_throughput.py --threads 1 --rounds 2
+  .venv/bin/python benchmarks/sft_throughput.py --threads 1 --rounds 4 --no-trl   # llmkit vs a plain Trainer only
+
+"plain Trainer padded" is transformers' Trainer with the model's own loss, rows tokenized with the chat template and
+an answer mask written by hand (prompt rendered with add_generation_prompt): the floor llmkit's padded path is held to.
 """
 
 from __future__ import annotations
@@ -70,6 +74,50 @@ print(json.dumps({"trained_tokens": trained, "train_seconds": m["train_runtime"]
 '''
 
 
+PLAIN = r"""
+import json, resource, sys, torch
+torch.set_num_threads(int(sys.argv[8]))
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+tok_dir, data, cfg_file, out, batch, seq, mode, threads, steps = sys.argv[1:10]
+tok = AutoTokenizer.from_pretrained(tok_dir)
+if tok.pad_token is None:
+    tok.pad_token = tok.eos_token
+
+def ids(messages, **kw):
+    out = tok.apply_chat_template(messages, tokenize=True, **kw)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+rows = []
+for line in open(data):
+    m = json.loads(line)["messages"]
+    prompt, full = ids(m[:-1], add_generation_prompt=True), ids(m)
+    full = full[:int(seq)]
+    labels = [-100] * min(len(prompt), len(full)) + full[len(prompt):]
+    rows.append({"input_ids": full, "labels": labels})
+
+def collate(features):
+    width = max(len(f["input_ids"]) for f in features)
+    pad = lambda seqs, v: torch.tensor([s + [v] * (width - len(s)) for s in seqs])
+    return {"input_ids": pad([f["input_ids"] for f in features], tok.pad_token_id),
+            "attention_mask": pad([[1] * len(f["input_ids"]) for f in features], 0),
+            "labels": pad([f["labels"] for f in features], -100)}
+
+fields = json.load(open(cfg_file)); mt = fields.pop("model_type")
+torch.manual_seed(0)
+model = AutoModelForCausalLM.from_config(AutoConfig.for_model(mt, vocab_size=len(tok), **fields))
+kw = dict(max_steps=int(steps)) if steps != "epoch" else dict(num_train_epochs=1.0)
+# seed 0 for the data order too, as llmkit's run: the same batches (so the same padding) on both sides
+args = TrainingArguments(output_dir=out, per_device_train_batch_size=int(batch), learning_rate=1e-3,
+                         logging_steps=1000, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
+                         remove_unused_columns=False, seed=0, data_seed=0, **kw)
+trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
+trained = sum(sum(1 for x in r["labels"][1:] if x != -100) for r in rows)
+m = trainer.train().metrics
+print(json.dumps({"trained_tokens": trained, "train_seconds": m["train_runtime"], "steps": trainer.state.global_step,
+                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
 def prepare(n: int, seed: int) -> tuple[Path, Path, Path]:
     """A BPE tokenizer with ChatML (tokens and template), the chat data, the model config."""
     sys.path.insert(0, str(ROOT))
@@ -126,17 +174,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--small-steps", type=int, default=30)
+    parser.add_argument("--no-trl", action="store_true", help="skip the TRL sides (no benchmarks/_work/trl-venv)")
     a = parser.parse_args()
     tok, data, config = prepare(a.examples, 0)
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads),
                TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
     py = sys.executable
     sides = {"llmkit --pack": (py, LLMKIT, "pack"), "llmkit padded": (py, LLMKIT, "pad"),
+             "plain Trainer padded (hand-written answer mask)": (py, PLAIN, "pad"),
              "TRL packing (padding-free)": (str(TRL_PY), TRL, "pack"), "TRL padded": (str(TRL_PY), TRL, "pad")}
+    if a.no_trl:
+        sides = {k: v for k, v in sides.items() if not k.startswith("TRL")}
     results: dict[str, list] = {k: [] for k in sides}
-    walls: dict[str, list] = {k: [] for k in ("llmkit --pack", "TRL packing (padding-free)")}
+    walls: dict[str, list] = {k: [] for k in ("llmkit --pack", "TRL packing (padding-free)") if k in sides}
     for r in range(a.rounds):
-        for name, (python, script, mode) in sides.items():
+        order = list(sides.items()) if r % 2 == 0 else list(sides.items())[::-1]   # alternate: load drifts
+        for name, (python, script, mode) in order:
             out = str(WORK / f"out-{name.split()[0]}-{mode}")
             res, _ = run(python, script, [str(tok), str(data), str(config), out, str(a.batch), str(a.seq_len), mode,
                                           str(a.threads), "epoch"], env)
@@ -157,6 +210,13 @@ def main() -> None:
                                  "peak_rss_mib": round(max(r["peak_rss_bytes"] or 0 for r in rows) / 2**20)}
     for name, values in walls.items():
         report["sides"][name]["small_job_wall_seconds"] = round(statistics.median(values), 2)
+    plain = results["plain Trainer padded (hand-written answer mask)"]
+    ours = results["llmkit padded"]
+    # per-round ratios (the two sides ran back to back), then their median: robust to load that drifts
+    ratios = [(o["trained_tokens"] / o["train_seconds"]) / (p["trained_tokens"] / p["train_seconds"])
+              for p, o in zip(plain, ours)]
+    report["llmkit_padded_vs_plain_trainer"] = {"per_round": [round(x, 3) for x in ratios],
+                                                "median": round(statistics.median(ratios), 3)}
     print(json.dumps(report, indent=2))
 
 

@@ -100,25 +100,26 @@ _llmkit() {
         "memory-estimate")
             case "$prev" in
                 --params) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --model) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --mode) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --task) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --precision) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --precision|--base-dtype) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --mixed-precision) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --quant) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --optimizer) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --peft) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --peft|--method) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --lora-rank) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --lora-targets) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --num-virtual-tokens) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --trainable-layers) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --batch-size) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --batch-size|-b) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --seq-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --grad-accum) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --attention) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --strategy) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --zero) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --offload) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --gpus) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --gpus|--num-processes) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --nodes) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --gpu-memory) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --overhead) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -131,7 +132,7 @@ _llmkit() {
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--params --model --mode --task --precision --mixed-precision --quant --double-quant --optimizer --peft --lora-rank --lora-targets --num-virtual-tokens --freeze-base --trainable-layers --batch-size --seq-len --grad-accum --grad-checkpointing --no-grad-checkpointing --attention --zero --offload --gpus --nodes --gpu-memory --overhead --layers --hidden --heads --kv-heads --vocab --intermediate --plan --explain --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--params --model -m --mode --task --precision --base-dtype --mixed-precision --quant --double-quant --optimizer --peft --method --lora-rank --lora-targets --num-virtual-tokens --freeze-base --trainable-layers --batch-size -b --seq-len --grad-accum --grad-checkpointing --no-grad-checkpointing --attention --strategy --zero --offload --gpus --num-processes --nodes --gpu-memory --overhead --layers --hidden --heads --kv-heads --vocab --intermediate --plan --explain --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "merge")
             case "$prev" in
@@ -150,12 +151,35 @@ _llmkit() {
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "peft")
             case "$prev" in
-                --method) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --tokenizer|-t) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --objective) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --task) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --eval-data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --eval-split) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --seq-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --batch-size|-b) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --grad-accum) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --lr) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --epochs) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-steps) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --warmup-ratio) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --scheduler) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --weight-decay) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-grad-norm) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --optimizer) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --mixed-precision) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --trainable-layers) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --eval-steps) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --save-steps) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --save-total-limit) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --logging-steps) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --seed) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --output-dir|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --resume) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --report-to) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --deepspeed) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --objective) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --format) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --template) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --chat-template) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -167,7 +191,8 @@ _llmkit() {
                 --input-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --output-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --system-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --preview) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --task) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --text-pair-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --label-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --labels) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -178,10 +203,12 @@ _llmkit() {
                 --answers-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --doc-stride) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --max-answer-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --eval-data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --eval-split) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --seq-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --preview) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --mlm-probability) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --mask-replace-prob) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --random-replace-prob) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --noise-density) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --mean-span-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --method) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --lora-rank) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --lora-alpha) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --lora-dropout) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -197,36 +224,10 @@ _llmkit() {
                 --quant) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --compute-dtype) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --base-dtype) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --batch-size|-b) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --grad-accum) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --lr) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --epochs) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --max-steps) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --warmup-ratio) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --scheduler) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --weight-decay) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --max-grad-norm) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --optimizer) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --mixed-precision) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --trainable-layers) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --eval-steps) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --save-steps) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --save-total-limit) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --logging-steps) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --seed) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --output-dir|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --resume) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --report-to) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --deepspeed) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --mlm-probability) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --mask-replace-prob) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --random-replace-prob) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --noise-density) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --mean-span-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--method --model -m --tokenizer -t --from-scratch --objective --data --task --format --template --chat-template --multi-turn --train-on-prompt --messages-field --prompt-field --completion-field --instruction-field --input-field --output-field --system-field --text-field --text-pair-field --label-field --labels --tokens-field --tags-field --label-all-subtokens --question-field --context-field --answers-field --doc-stride --max-answer-length --eval-data --eval-split --seq-len --pack --padding-free --preview --check --lora-rank --lora-alpha --lora-dropout --lora-targets --modules-to-save --use-rslora --use-dora --ia3-targets --ia3-feedforward --num-virtual-tokens --prompt-init --prompt-init-text --encoder --encoder-hidden-size --prefix-projection --no-prefix-projection --quant --double-quant --compute-dtype --base-dtype --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --mlm-probability --mask-replace-prob --random-replace-prob --whole-word-masking --noise-density --mean-span-length --trust-remote-code --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --trust-remote-code --data --text-field --eval-data --eval-split --seq-len --pack --padding-free --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --objective --format --template --chat-template --multi-turn --train-on-prompt --messages-field --prompt-field --completion-field --instruction-field --input-field --output-field --system-field --preview --check --task --text-pair-field --label-field --labels --tokens-field --tags-field --label-all-subtokens --question-field --context-field --answers-field --doc-stride --max-answer-length --mlm-probability --mask-replace-prob --random-replace-prob --whole-word-masking --noise-density --mean-span-length --method --lora-rank --lora-alpha --lora-dropout --lora-targets --modules-to-save --use-rslora --use-dora --ia3-targets --ia3-feedforward --num-virtual-tokens --prompt-init --prompt-init-text --encoder --encoder-hidden-size --prefix-projection --no-prefix-projection --quant --double-quant --compute-dtype --base-dtype --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "presets")
             COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
@@ -235,7 +236,6 @@ _llmkit() {
             case "$prev" in
                 --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --tokenizer|-t) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --objective) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --eval-data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -267,10 +267,11 @@ _llmkit() {
                 --random-replace-prob) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --noise-density) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --mean-span-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --objective) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --objective --data --text-field --eval-data --eval-split --seq-len --pack --padding-free --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --mlm-probability --mask-replace-prob --random-replace-prob --whole-word-masking --noise-density --mean-span-length --trust-remote-code --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --trust-remote-code --data --text-field --eval-data --eval-split --seq-len --pack --padding-free --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --mlm-probability --mask-replace-prob --random-replace-prob --whole-word-masking --noise-density --mean-span-length --objective --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "quantize compare")
             case "$prev" in
@@ -338,33 +339,10 @@ _llmkit() {
                 --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --tokenizer|-t) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --task) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --format) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --template) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --chat-template) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --multi-turn) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --messages-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --prompt-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --completion-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --instruction-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --input-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --output-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --system-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --text-pair-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --label-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --labels) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --tokens-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --tags-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --question-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --context-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --answers-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --doc-stride) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --max-answer-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --eval-data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --eval-split) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --seq-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --preview) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --batch-size|-b) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --grad-accum) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --lr) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -386,10 +364,33 @@ _llmkit() {
                 --resume) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --report-to) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --deepspeed) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --format) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --template) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --chat-template) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --multi-turn) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --messages-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --prompt-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --completion-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --instruction-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --input-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --output-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --system-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --preview) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --task) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --text-pair-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --label-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --labels) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --tokens-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --tags-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --question-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --context-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --answers-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --doc-stride) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-answer-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --data --task --format --template --chat-template --multi-turn --train-on-prompt --messages-field --prompt-field --completion-field --instruction-field --input-field --output-field --system-field --text-field --text-pair-field --label-field --labels --tokens-field --tags-field --label-all-subtokens --question-field --context-field --answers-field --doc-stride --max-answer-length --eval-data --eval-split --seq-len --pack --preview --check --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --trust-remote-code --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --trust-remote-code --data --text-field --eval-data --eval-split --seq-len --pack --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --format --template --chat-template --multi-turn --train-on-prompt --messages-field --prompt-field --completion-field --instruction-field --input-field --output-field --system-field --preview --check --task --text-pair-field --label-field --labels --tokens-field --tags-field --label-all-subtokens --question-field --context-field --answers-field --doc-stride --max-answer-length --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "tokenize dataset")
             case "$prev" in

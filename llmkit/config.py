@@ -1,12 +1,15 @@
 """One frozen dataclass per command. Defaults live here and only here; validation messages name the flag.
 
-Commands build these through `llmkit.configio.resolve` (defaults < preset < file < flags).
+Commands build these through `llmkit.configio.resolve` (defaults < preset < file < flags). Training configs are made
+of blocks (model, data, optimisation, training run, objectives, adapter) whose fields are declared with `opt()`:
+default, help text and flag in one place; `llmkit.commands._options.config_command` generates the CLI options from
+them (a block's PANEL groups its options in --help).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 from llmkit.configio import validate
 from llmkit.errors import ConfigError
@@ -20,9 +23,20 @@ MixedPrecision = Literal["no", "fp16", "bf16"]
 Quant = Literal["none", "int8", "nf4", "fp4"]
 Optimizer = Literal["adamw", "adamw-fused", "adamw-8bit", "paged-adamw-8bit", "adafactor", "sgd", "sgd-momentum"]
 Peft = Literal["none", "lora", "ia3", "prompt-tuning", "p-tuning", "prefix-tuning"]
+SUPPORTED_4BIT_BLOCKSIZES = (64, 128, 256, 512, 1024, 2048, 4096)   # bitsandbytes' 4-bit blocksizes
 Attention = Literal["eager", "sdpa", "flash"]
 Offload = Literal["none", "optimizer", "optimizer+params"]
 ZeroStage = Literal[0, 1, 2, 3]
+
+
+def opt(default: Any, help: str, *, short: str | None = None, flag: str | None = None, panel: str | None = None,
+        negatable: bool = False, aliases: tuple[str, ...] = ()):
+    """A config field that is also a command-line option: its default, its help (the default is added to it when
+    the options are generated), its flag (default: --field-name), a one-letter alias and other names (another
+    command's name for the same idea), the --help panel (default: its block's PANEL), and whether a --no-FLAG form
+    exists."""
+    return field(default=default, metadata={"help": help, "short": short, "flag": flag, "panel": panel,
+                                            "negatable": negatable, "aliases": aliases})
 
 
 def _positive(problems: list[str], flag: str, value: int | float | None) -> None:
@@ -148,43 +162,65 @@ class QuickstartConfig:
 @dataclass(frozen=True)
 class MemoryEstimateConfig:
     preset_kind: ClassVar[str] = "memory-estimate"
-    params: str | None = None          # total parameter count: 1.4B, 330M, 7e9
-    model: str | None = None           # a model preset, a dir or config.json, or a hub id
-    mode: Mode = "train"
-    task: Task | None = None           # default: from the architecture (causal-lm with --params)
-    precision: Precision | None = None  # dtype the weights are stored and trained in; default fp32
-    mixed_precision: MixedPrecision = "no"  # autocast over fp32 weights, as the HF Trainer does it
-    quant: Quant = "none"              # bitsandbytes, linear layers only
-    double_quant: bool = False
-    optimizer: Optimizer = "adamw"
-    peft: Peft = "none"
-    lora_rank: int = 8
-    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")  # module names, or ("all-linear",)
-    num_virtual_tokens: int = 20
-    freeze_base: bool = False          # train only the task head
-    trainable_layers: int | None = None  # train only the last N blocks
-    batch_size: int = 1                # micro-batch per GPU, sequences
-    seq_len: int = 512                 # tokens per sequence
-    grad_accum: int = 1
-    grad_checkpointing: bool = False
-    attention: Attention = "sdpa"
-    zero: ZeroStage = 0                # DeepSpeed ZeRO stage; 0 = plain DDP
-    offload: Offload = "none"
-    gpus: int = 1                      # per node
-    nodes: int = 1
-    gpu_memory: str | None = None      # one GPU's memory, for the fit check: 24GiB, 80GB
-    overhead: str | None = None        # per-process constant; default memory.DEFAULT_OVERHEAD_BYTES (uncalibrated)
-    layers: int | None = None          # architecture overrides
-    hidden: int | None = None
-    heads: int | None = None
-    kv_heads: int | None = None
-    vocab: int | None = None
-    intermediate: int | None = None
-    plan: bool = False
-    explain: bool = False
+    PANEL: ClassVar[str] = "The run"
+    params: str | None = opt(None, "Total parameter count (1.4B, 330M, 7e9); the architecture follows a documented "
+                                   "rule.", panel="Model")
+    model: str | None = opt(None, "A model preset (see `llmkit presets`), a dir or config.json, or a hub id.",
+                            short="-m", panel="Model")
+    mode: Mode = opt("train", "Training or inference.")
+    task: Task | None = opt(None, "What the model trains as (default: from the architecture).")
+    precision: Precision | None = opt(None, "The dtype the weights are stored and trained in (default fp32; bf16 for "
+                                            "inference and quantized bases); --base-dtype as in `llmkit peft`.",
+                                      aliases=("--base-dtype",))
+    mixed_precision: MixedPrecision = opt("no", "Autocast over fp32 weights, as the HF Trainer does it.")
+    quant: Quant = opt("none", "bitsandbytes, linear layers only (QLoRA with --method lora).", panel="Adapter")
+    double_quant: bool = opt(False, "Quantize the 4-bit absmax constants too.", panel="Adapter")
+    optimizer: Optimizer = opt("adamw", "The optimizer (8-bit ones: bitsandbytes).")
+    peft: Peft = opt("none", "The adapter trained on a frozen base (none: full fine-tuning); --method as in "
+                             "`llmkit peft`.", aliases=("--method",), panel="Adapter")
+    lora_rank: int = opt(8, "LoRA rank r.", panel="Adapter")
+    lora_targets: tuple[str, ...] = opt(("q_proj", "v_proj"), "Comma-separated module names, or all-linear.",
+                                        panel="Adapter")
+    num_virtual_tokens: int = opt(20, "prompt-, p- and prefix-tuning: virtual tokens.", panel="Adapter")
+    freeze_base: bool = opt(False, "Train only the task head.")
+    trainable_layers: int | None = opt(None, "Train only the last N blocks.")
+    batch_size: int = opt(1, "Micro-batch per GPU, in sequences.", short="-b")
+    seq_len: int = opt(512, "Tokens per sequence.")
+    grad_accum: int = opt(1, "Micro-batches per optimizer step.")
+    grad_checkpointing: bool = opt(False, "Recompute activations in backward.", negatable=True)
+    attention: Attention = opt("sdpa", "The attention kernel.")
+    strategy: str | None = opt(None, "A `llmkit launch` strategy (ddp, zero1, zero2, zero3, zero2-offload, "
+                                     "zero3-offload, fsdp): sets --zero and --offload.", panel="Distribution")
+    zero: ZeroStage = opt(0, "DeepSpeed ZeRO stage (0 = plain DDP).", panel="Distribution")
+    offload: Offload = opt("none", "DeepSpeed CPU offload.", panel="Distribution")
+    gpus: int = opt(1, "GPUs (processes) per node; --num-processes as in `llmkit launch`.",
+                    aliases=("--num-processes",), panel="Distribution")
+    nodes: int = opt(1, "Nodes.", panel="Distribution")
+    gpu_memory: str | None = opt(None, "Memory of one GPU for the fit check: 24GiB, 80GB.", panel="Budget")
+    overhead: str | None = opt(None, "Per-process constant (CUDA context, workspaces); default 1GiB, uncalibrated.",
+                               panel="Budget")
+    layers: int | None = opt(None, "Override the number of blocks.", panel="Model")
+    hidden: int | None = opt(None, "Override the hidden size.", panel="Model")
+    heads: int | None = opt(None, "Override the attention heads.", panel="Model")
+    kv_heads: int | None = opt(None, "Override the key/value heads (GQA).", panel="Model")
+    vocab: int | None = opt(None, "Override the vocabulary size.", panel="Model")
+    intermediate: int | None = opt(None, "Override the MLP size.", panel="Model")
+    plan: bool = opt(False, "When it does not fit, list the cheapest configurations that do.", panel="Budget")
+    explain: bool = opt(False, "Show the formula and numbers behind every row.")
 
     def __post_init__(self) -> None:
         problems: list[str] = []
+        if self.strategy is not None:
+            from llmkit.memory import STRATEGY_ZERO
+
+            if self.strategy not in STRATEGY_ZERO:
+                problems.append(f"--strategy {self.strategy!r} is not one of {', '.join(STRATEGY_ZERO)}")
+            elif (self.zero, self.offload) not in ((0, "none"), STRATEGY_ZERO[self.strategy]):
+                problems.append(f"--strategy {self.strategy} already sets --zero and --offload: give one of them")
+            else:
+                zero, offload = STRATEGY_ZERO[self.strategy]
+                object.__setattr__(self, "zero", zero)
+                object.__setattr__(self, "offload", offload)
         if (self.params is None) == (self.model is None):
             problems.append("give exactly one of --params and --model")
         if self.params is not None:
@@ -263,17 +299,19 @@ class MemoryEstimateConfig:
 # ------------------------------------------------------------------ training: blocks shared by pretrain, sft, peft
 
 Objective = Literal["causal-lm", "masked-lm", "seq2seq", "prefix-lm"]
-TrainOptimizer = Literal["adamw", "adamw-8bit", "paged-adamw-8bit", "adafactor", "sgd"]
 Scheduler = Literal["linear", "cosine", "constant", "constant-with-warmup"]
 ReportTo = Literal["none", "tensorboard"]
 
 
 @dataclass(frozen=True)
 class ModelArgs:
-    model: str = ""                  # a local dir or hub id (continued training), a model preset or config.json
-    tokenizer: str | None = None     # default: the model dir's own tokenizer (required with --from-scratch)
-    from_scratch: bool = False       # random initialisation from the architecture of --model
-    trust_remote_code: bool = False
+    PANEL: ClassVar[str] = "Model"
+
+    model: str = opt("", "A model dir or hub id (continued training); with --from-scratch a model preset (`llmkit "
+                         "presets`) or a config.json.", short="-m")
+    tokenizer: str | None = opt(None, "Tokenizer: a local dir, a tokenizer.json file or a hub id.", short="-t")
+    from_scratch: bool = opt(False, "Random initialisation from --model's architecture (needs --tokenizer).")
+    trust_remote_code: bool = opt(False, "Allow a hub repo's own Python code to run (only for authors you trust).")
 
     def _model_problems(self, problems: list[str]) -> None:
         if not self.model:
@@ -285,13 +323,19 @@ class ModelArgs:
 
 @dataclass(frozen=True)
 class DataArgs:
-    data: str = ""                   # jsonl, json, csv, parquet, txt, a `llmkit tokenize dataset` dir, a hub name
-    text_field: str = "text"
-    eval_data: str | None = None     # a separate evaluation set
-    eval_split: float | None = None  # hold out this share (0-1) or this many documents (>= 1) of --data for eval
-    seq_len: int = 512               # tokens per training row
-    pack: bool = False               # concatenate documents (eos between) into --seq-len blocks; attention crosses
-    padding_free: bool = False       # pack, but each document attends only to itself (position ids restart)
+    PANEL: ClassVar[str] = "Data"
+
+    data: str = opt("", "Training data: jsonl, json, csv, parquet, txt, a `llmkit tokenize dataset` dir, or a hub "
+                        "dataset.")
+    text_field: str = opt("text", "The field that holds the text; sft --task seq-cls: the text column.")
+    eval_data: str | None = opt(None, "A separate evaluation set (same formats as --data).")
+    eval_split: float | None = opt(None, "Hold out this share (0-1) or this many documents (>= 1) of --data for "
+                                         "evaluation.")
+    seq_len: int = opt(512, "Tokens per training row.")
+    pack: bool = opt(False, "Concatenate documents (eos between them) into --seq-len blocks; attention crosses "
+                            "document boundaries.")
+    padding_free: bool = opt(False, "Pack, but each document attends only to itself (position ids restart per "
+                                    "document; causal-lm).")
 
     def _data_problems(self, problems: list[str]) -> None:
         if not self.data:
@@ -311,16 +355,18 @@ class DataArgs:
 
 @dataclass(frozen=True)
 class OptimArgs:
-    batch_size: int = 8              # sequences per micro-batch (per device)
-    grad_accum: int = 1              # micro-batches per optimizer step
-    lr: float = 3e-4                 # peak learning rate
-    epochs: float = 1.0              # passes over the data (ignored when --max-steps is given)
-    max_steps: int | None = None     # optimizer steps; overrides --epochs
-    warmup_ratio: float = 0.0        # share of the steps spent warming up
-    scheduler: Scheduler = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0       # gradient clipping; 0 turns it off
-    optimizer: TrainOptimizer = "adamw"
+    PANEL: ClassVar[str] = "Optimisation"
+
+    batch_size: int = opt(8, "Sequences per micro-batch.", short="-b")
+    grad_accum: int = opt(1, "Micro-batches per optimizer step.")
+    lr: float = opt(3e-4, "Peak learning rate.")
+    epochs: float = opt(1.0, "Passes over the data.")
+    max_steps: int | None = opt(None, "Optimizer steps; overrides --epochs.")
+    warmup_ratio: float = opt(0.0, "Share of steps spent warming up.")
+    scheduler: Scheduler = opt("cosine", "The learning-rate schedule.")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    max_grad_norm: float = opt(1.0, "Gradient clipping; 0 turns it off.")
+    optimizer: Optimizer = opt("adamw", "The optimizer (8-bit ones: bitsandbytes).")
 
     def _optim_problems(self, problems: list[str]) -> None:
         for flag, value in (("--batch-size", self.batch_size), ("--grad-accum", self.grad_accum), ("--lr", self.lr),
@@ -336,20 +382,22 @@ class OptimArgs:
 
 @dataclass(frozen=True)
 class TrainArgs:
-    mixed_precision: MixedPrecision = "no"  # autocast over fp32 weights (fp16 needs a GPU)
-    grad_checkpointing: bool = False   # recompute activations in backward: less memory, ~30 % more compute
-    freeze_base: bool = False          # train only the output head
-    trainable_layers: int | None = None  # train only the last N blocks (and the head and final norm)
-    eval_steps: int | None = None      # evaluate every N steps (default: before and after training only)
-    save_steps: int = 500              # checkpoint every N steps
-    save_total_limit: int | None = 2   # keep this many checkpoints (None: all)
-    logging_steps: int = 10            # a metrics.jsonl row and a progress line every N steps
-    seed: int = 0
-    output_dir: str = ""               # the run directory
-    overwrite: bool = False            # replace a non-empty --output-dir
-    resume: str | None = None          # "auto" (the last checkpoint in --output-dir) or a checkpoint dir
-    report_to: ReportTo = "none"
-    deepspeed: str | None = None       # a DeepSpeed JSON config, passed to the Trainer as is
+    PANEL: ClassVar[str] = "Training run"
+
+    mixed_precision: MixedPrecision = opt("no", "Autocast over fp32 weights (fp16 needs a GPU).")
+    grad_checkpointing: bool = opt(False, "Recompute activations in backward: less memory, more compute.")
+    freeze_base: bool = opt(False, "Train only the output head.")
+    trainable_layers: int | None = opt(None, "Train only the last N blocks (and the head).")
+    eval_steps: int | None = opt(None, "Evaluate every N steps (default: before and after).")
+    save_steps: int = opt(500, "Checkpoint every N steps.")
+    save_total_limit: int | None = opt(2, "Keep this many checkpoints.")
+    logging_steps: int = opt(10, "A metrics row and progress line every N steps.")
+    seed: int = opt(0, "Random seed.")
+    output_dir: str = opt("", "Where results are written.", short="-o")
+    overwrite: bool = opt(False, "Replace a non-empty --output-dir.")
+    resume: str | None = opt(None, "auto (the last intact checkpoint in --output-dir) or a checkpoint dir.")
+    report_to: ReportTo = opt("none", "Where metrics go besides metrics.jsonl (tensorboard: OUTPUT/tensorboard).")
+    deepspeed: str | None = opt(None, "A DeepSpeed JSON config, passed to the Trainer as is.")
 
     def _train_problems(self, problems: list[str]) -> None:
         if not self.output_dir:
@@ -370,12 +418,14 @@ class TrainArgs:
 class ObjectiveArgs:
     """The pretraining objectives' knobs, shared by `pretrain` and `peft --objective`."""
 
-    mlm_probability: float = 0.15      # masked-lm: share of tokens chosen for prediction
-    mask_replace_prob: float = 0.8     # masked-lm: of the chosen, replaced by the mask token
-    random_replace_prob: float = 0.1   # masked-lm: of the chosen, replaced by a random token (the rest unchanged)
-    whole_word_masking: bool = False   # masked-lm: choose whole words, not single tokens
-    noise_density: float = 0.15        # seq2seq: share of tokens corrupted (T5 span corruption)
-    mean_span_length: float = 3.0      # seq2seq: mean corrupted span, tokens
+    PANEL: ClassVar[str] = "Pretraining objectives"
+
+    mlm_probability: float = opt(0.15, "masked-lm: share of tokens to predict.")
+    mask_replace_prob: float = opt(0.8, "masked-lm: of those, share replaced by the mask token.")
+    random_replace_prob: float = opt(0.1, "masked-lm: share replaced by a random token.")
+    whole_word_masking: bool = opt(False, "masked-lm: mask whole words.")
+    noise_density: float = opt(0.15, "seq2seq: share of tokens corrupted.")
+    mean_span_length: float = opt(3.0, "seq2seq: mean corrupted span in tokens.")
 
     def _objective_problems(self, problems: list[str]) -> None:
         for flag, value in (("--mlm-probability", self.mlm_probability), ("--noise-density", self.noise_density)):
@@ -398,8 +448,10 @@ OBJECTIVE_FAMILY = {"causal-lm": "causal-lm", "prefix-lm": "causal-lm", "masked-
 
 @dataclass(frozen=True)
 class PretrainConfig(ObjectiveArgs, TrainArgs, OptimArgs, DataArgs, ModelArgs):
+    PANEL: ClassVar[str] = "Pretraining objectives"
+
     preset_kind: ClassVar[str] = "pretrain"
-    objective: Objective = "causal-lm"
+    objective: Objective = opt("causal-lm", "causal-lm | masked-lm | seq2seq (T5 span corruption) | prefix-lm.")
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -422,6 +474,7 @@ class PretrainConfig(ObjectiveArgs, TrainArgs, OptimArgs, DataArgs, ModelArgs):
 
 SFTFormat = Literal["auto", "alpaca", "messages", "sharegpt", "prompt-completion"]
 SFTTask = Literal["chat", "seq-cls", "token-cls", "extractive-qa"]
+TASK_PANEL = "Task heads (--task)"
 MultiTurn = Literal["all", "last", "expand"]
 
 
@@ -429,38 +482,48 @@ MultiTurn = Literal["all", "last", "expand"]
 class SFTConfig(TrainArgs, OptimArgs, DataArgs, ModelArgs):
     """`llmkit sft`: loss only on the assistant replies (and their end-of-turn token) unless --train-on-prompt."""
 
+    PANEL: ClassVar[str] = "Instructions and chat templates"
     preset_kind: ClassVar[str] = "sft"
     objective: ClassVar[str] = "causal-lm"
-    lr: float = 2e-5                   # peak learning rate (fine-tuning: lower than pretraining)
-    format: SFTFormat = "auto"         # detected from the columns when auto
-    template: str | None = None        # a built-in chat template (chatml, plain); default: the tokenizer's own
-    chat_template: str | None = None   # a Jinja file; overrides --template and the tokenizer's template
-    multi_turn: MultiTurn = "all"      # all: every reply in one pass; last: only the final one; expand: one per reply
-    train_on_prompt: bool = False      # loss on every token (masking off)
-    messages_field: str | None = None  # default: messages, then conversations
-    prompt_field: str = "prompt"
-    completion_field: str = "completion"
-    instruction_field: str = "instruction"
-    input_field: str = "input"
-    output_field: str = "output"
-    system_field: str = "system"
-    preview: int | None = None         # show N encoded examples and exit (nothing is trained)
-    check: bool = False                # lint data, template and tokenizer, then exit
+    lr: float = opt(2e-5, "Peak learning rate.")
+    format: SFTFormat = opt("auto", "The data format (auto: detected from the columns).")
+    template: str | None = opt(None, "A built-in chat template: chatml | plain (default: the tokenizer's own).")
+    chat_template: str | None = opt(None, "A Jinja chat template file.")
+    multi_turn: MultiTurn = opt("all", "all (every reply, one pass) | last (only the final reply; past --seq-len the "
+                                       "earliest context is cut, the reply kept whole) | expand (one example per "
+                                       "reply).")
+    train_on_prompt: bool = opt(False, "Loss on every token (masking off).")
+    pack: bool = opt(False, "Pack examples into --seq-len blocks without attention across examples (padding-free; "
+                            "position ids restart per example).")
+    messages_field: str | None = opt(None, "Column name (default messages, then conversations).")
+    prompt_field: str = opt("prompt", "Column name.")
+    completion_field: str = opt("completion", "Column name.")
+    instruction_field: str = opt("instruction", "Column name.")
+    input_field: str = opt("input", "Column name.")
+    output_field: str = opt("output", "Column name.")
+    system_field: str = opt("system", "Column name.")
+    preview: int | None = opt(None, "Show N encoded examples with the trained tokens highlighted and exit.")
+    check: bool = opt(False, "Lint template, tokenizer and data, then exit (1 on errors).")
     # ---- task heads (#10): --task seq-cls | token-cls | extractive-qa; --task chat (default) ignores this block.
     # seq-cls reads DataArgs' --text-field (default text); --seq-len is the longest input (longer is truncated).
-    task: SFTTask = "chat"
-    text_pair_field: str | None = None  # seq-cls: second text of a pair (NLI, paraphrase)
-    label_field: str = "label"         # seq-cls: a label name or id per example; floats train a regression
-    labels: tuple[str, ...] = ()       # seq-cls/token-cls: the label names in id order (default: from --data, sorted)
-    tokens_field: str = "tokens"       # token-cls: a list of words per example (CoNLL-style)
-    tags_field: str = "tags"           # token-cls: one tag (BIO name or id) per word
-    label_all_subtokens: bool = False  # token-cls: label every sub-token of a word (B- becomes I- after the first)
-    question_field: str = "question"   # extractive-qa
-    context_field: str = "context"
-    answers_field: str = "answers"     # {"text": [...], "answer_start": [...]} (SQuAD) or one {text, answer_start}
-    doc_stride: int | None = None      # extractive-qa: tokens shared by a long context's windows (128, at most
-                                       # a quarter of --seq-len)
-    max_answer_length: int = 30        # extractive-qa evaluation: longest predicted answer, tokens
+    task: SFTTask = opt("chat", "chat (instruction tuning, default) | seq-cls (classification, regression) | token-"
+                                "cls (NER) | extractive-qa (SQuAD-style).", panel=TASK_PANEL)
+    text_pair_field: str | None = opt(None, "seq-cls: a second text column (NLI pairs).", panel=TASK_PANEL)
+    label_field: str = opt("label", "seq-cls: the label column: names, class ids, or floats for a regression.",
+                           panel=TASK_PANEL)
+    labels: tuple[str, ...] = opt((), "seq-cls/token-cls: comma-separated label names in id order (default: the "
+                                      "training data's, sorted).", panel=TASK_PANEL)
+    tokens_field: str = opt("tokens", "token-cls: the list-of-words column.", panel=TASK_PANEL)
+    tags_field: str = opt("tags", "token-cls: the list-of-tags column, one per word.", panel=TASK_PANEL)
+    label_all_subtokens: bool = opt(False, "token-cls: label every sub-token of a word (B-X continues as I-X), not "
+                                           "only the first.", panel=TASK_PANEL)
+    question_field: str = opt("question", "extractive-qa: the question column.", panel=TASK_PANEL)
+    context_field: str = opt("context", "extractive-qa: the context column.", panel=TASK_PANEL)
+    answers_field: str = opt("answers", "extractive-qa: {text: [...], answer_start: [...]} per example; empty = "
+                                        "unanswerable.", panel=TASK_PANEL)
+    doc_stride: int | None = opt(None, "extractive-qa: tokens shared by the overlapping windows of a long context "
+                                       "(default 128, at most a quarter of --seq-len).", panel=TASK_PANEL)
+    max_answer_length: int = opt(30, "extractive-qa evaluation: longest answer, tokens.")
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -521,26 +584,36 @@ DEFAULT_PEFT_LR = {"lora": 2e-4, "ia3": 3e-3, "prompt-tuning": 3e-2, "p-tuning":
 
 @dataclass(frozen=True)
 class PeftArgs:
-    method: PeftMethod = "lora"
-    lora_rank: int = 8
-    lora_alpha: float = 16.0           # LoRA's update is scaled by alpha / rank (alpha / sqrt(rank) with rsLoRA)
-    lora_dropout: float = 0.05
-    lora_targets: tuple[str, ...] = ()  # module names or ("all-linear",); default: peft's choice for the architecture
-    modules_to_save: tuple[str, ...] = ()  # modules trained in full and saved with the adapter (e.g. lm_head)
-    use_rslora: bool = False
-    use_dora: bool = False
-    ia3_targets: tuple[str, ...] = ()   # default: peft's key/value/feed-forward modules for the architecture
-    ia3_feedforward: tuple[str, ...] = ()  # which of the targets are feed-forward (scaled on their input)
-    num_virtual_tokens: int = 20        # prompt-tuning, p-tuning, prefix-tuning
-    prompt_init: PromptInit | None = None  # default: text when --prompt-init-text is given, else random
-    prompt_init_text: str | None = None
-    encoder: PromptEncoder = "mlp"      # p-tuning's prompt encoder
-    encoder_hidden_size: int | None = None  # p-tuning; default: the model's hidden size
-    prefix_projection: bool = False     # prefix-tuning: learn the prefix through a two-layer MLP
-    quant: Quant = "none"               # QLoRA: load the base through bitsandbytes (with --method lora)
-    double_quant: bool = False          # nf4/fp4: quantize the per-block constants too
-    compute_dtype: ComputeDtype = "auto"  # 4-bit matmuls; auto: bf16 on a GPU that has it, else fp32
-    base_dtype: BaseDtype = "fp32"      # the frozen base's weights (adapters stay fp32): bf16 halves the base
+    PANEL: ClassVar[str] = "Adapter"
+
+    method: PeftMethod = opt("lora", "The adapter.")
+    lora_rank: int = opt(8, "LoRA rank r.")
+    lora_alpha: float = opt(16.0, "LoRA scaling alpha; updates scale by alpha/r.")
+    lora_dropout: float = opt(0.05, "Dropout on LoRA's input.")
+    lora_targets: tuple[str, ...] = opt((), "Comma-separated module names (q_proj,v_proj) or all-linear; default: "
+                                            "peft's choice for the architecture (shown).")
+    modules_to_save: tuple[str, ...] = opt((), "Modules trained in full and saved with the adapter (comma-separated, "
+                                               "e.g. lm_head).")
+    use_rslora: bool = opt(False, "Rank-stabilised LoRA (scale alpha/sqrt(r)).")
+    use_dora: bool = opt(False, "Weight-decomposed LoRA (DoRA).")
+    ia3_targets: tuple[str, ...] = opt((), "IA3 modules (key, value, feed-forward); default: detected for the "
+                                           "architecture.")
+    ia3_feedforward: tuple[str, ...] = opt((), "Which IA3 targets are feed-forward (scaled on their input).")
+    num_virtual_tokens: int = opt(20, "prompt-, p- and prefix-tuning: virtual tokens.")
+    prompt_init: PromptInit | None = opt(None, "prompt-tuning: how the soft prompt starts (default: text when "
+                                               "--prompt-init-text is given).")
+    prompt_init_text: str | None = opt(None, "prompt-tuning: a hard prompt whose token embeddings start the soft "
+                                             "prompt.")
+    encoder: PromptEncoder = opt("mlp", "p-tuning: the prompt encoder.")
+    encoder_hidden_size: int | None = opt(None, "p-tuning / prefix projection: hidden size (default: the model's).")
+    prefix_projection: bool = opt(False, "prefix-tuning: learn the prefix through an MLP.", negatable=True)
+    quant: Quant = opt("none", "Load the base through bitsandbytes (QLoRA, with --method lora).", panel="QLoRA")
+    double_quant: bool = opt(False, "nf4/fp4: quantize the block constants too (4.127 instead of 4.5 bits per "
+                                    "weight).", panel="QLoRA")
+    compute_dtype: ComputeDtype = opt("auto", "4-bit matmuls (auto: bf16 on a GPU that has it, else fp32).",
+                                      panel="QLoRA")
+    base_dtype: BaseDtype = opt("fp32", "The frozen base's weights (adapters stay fp32); bf16 halves the base's "
+                                        "memory.")
 
     def _peft_problems(self, problems: list[str]) -> None:
         for flag, value in (("--lora-rank", self.lora_rank), ("--lora-alpha", self.lora_alpha),
@@ -576,9 +649,13 @@ class PeftConfig(PeftArgs, ObjectiveArgs, SFTConfig):
     The training itself is `sft` (`--objective sft`, the default, with every --task) or `pretrain` (any other
     objective: continued pretraining through an adapter); `training_config()` is that command's config."""
 
+    PANEL: ClassVar[str] = "Adapter"
+
     preset_kind: ClassVar[str] = "peft"
-    objective: PeftObjective = "sft"
-    lr: float | None = None            # default: DEFAULT_PEFT_LR for the method
+    objective: PeftObjective = opt("sft", "sft (instruction data, the default) | causal-lm | masked-lm | seq2seq | "
+                                          "prefix-lm (continued pretraining through the adapter).")
+    lr: float | None = opt(None, "Peak learning rate (default by method: lora 2e-4, ia3 3e-3, prompt-tuning 3e-2, "
+                                 "p-tuning 1e-3, prefix-tuning 1e-2).")
 
     def __post_init__(self) -> None:
         if self.lr is None and self.method in DEFAULT_PEFT_LR:   # resolved here, so configs show the value used
@@ -805,8 +882,6 @@ class QuantizeExplainConfig:
     threshold: float = 6.0             # LLM.int8 outlier threshold (|x| at or above it stays 16-bit)
 
     def __post_init__(self) -> None:
-        from llmkit.quantize import SUPPORTED_4BIT_BLOCKSIZES
-
         problems: list[str] = []
         if not self.values:
             problems.append("--values is required: comma-separated numbers, e.g. --values 0.1,-0.5,2.0")
@@ -835,8 +910,6 @@ COMPARE_METHODS = ("int8", "nf4", "fp4", "nf4+dq")
 
 
 def _quant_model_problems(problems: list[str], cfg) -> None:
-    from llmkit.quantize import SUPPORTED_4BIT_BLOCKSIZES
-
     if not cfg.model:
         problems.append("--model is required: a model dir or hub id")
     if cfg.blocksize is not None and cfg.blocksize not in SUPPORTED_4BIT_BLOCKSIZES:
@@ -953,27 +1026,41 @@ LaunchStrategy = Literal["ddp", "zero1", "zero2", "zero3", "zero2-offload", "zer
 OffloadDevice = Literal["cpu", "nvme"]
 
 
+NODES_PANEL = "Processes and nodes"
+
+
 @dataclass(frozen=True)
 class LaunchConfig:
     """`llmkit launch`: run a training command on several processes/nodes (accelerate, DeepSpeed)."""
 
     preset_kind: ClassVar[str] = "launch"
-    strategy: LaunchStrategy = "ddp"
-    num_processes: int | None = None   # per node; default: the visible GPUs, or 2 with --cpu
-    nodes: int = 1
-    node_rank: int = 0
-    main_ip: str | None = None         # node 0's address (needed with several nodes)
-    main_port: int | None = None       # default 29500 (one node: a free port when 29500 is taken)
-    hostfile: str | None = None        # `host slots=N` lines: nodes, main address and processes per node
-    mixed_precision: MixedPrecision | None = None   # default: the training command's own
-    offload_device: OffloadDevice | None = None     # for the *-offload strategies; default cpu
-    nvme_path: str | None = None       # with --offload-device nvme
-    cpu: bool = False                  # processes on CPUs, gloo
-    gpu_memory: str | None = None      # with --strategy auto: one GPU's (with --cpu: one process's) budget
-    threads_per_process: int | None = None  # OMP_NUM_THREADS; default with --cpu: cores // processes
-    timeout: float = 120.0             # seconds a node > 0 waits for node 0's address
-    write_config: str | None = None    # write the files into this dir and exit
-    dry_run: bool = False              # print the exact command(s) and exit
+    PANEL: ClassVar[str] = "Strategy"
+    strategy: LaunchStrategy = opt("ddp", "How the processes share the work (auto: the cheapest that fits "
+                                          "--gpu-memory).")
+    num_processes: int | None = opt(None, "Processes per node (default: the visible GPUs, or 2 with --cpu).",
+                                    panel=NODES_PANEL)
+    nodes: int = opt(1, "Nodes (machines) in the job.", panel=NODES_PANEL)
+    node_rank: int = opt(0, "This node's rank, 0..nodes-1.", panel=NODES_PANEL)
+    main_ip: str | None = opt(None, "Node 0's address, which every node connects to (needed with --nodes > 1).",
+                              panel=NODES_PANEL)
+    main_port: int | None = opt(None, "Node 0's port (default 29500; one node: a free one if that is taken).",
+                                panel=NODES_PANEL)
+    hostfile: str | None = opt(None, "`host slots=N` per line: the nodes, the main address (the first host) and the "
+                                     "processes per node.", panel=NODES_PANEL)
+    mixed_precision: MixedPrecision | None = opt(None, "Autocast (default: the training command's own; fp16 needs "
+                                                       "GPUs).")
+    offload_device: OffloadDevice | None = opt(None, "Where the *-offload strategies put optimizer state (and "
+                                                     "parameters) (default cpu).")
+    nvme_path: str | None = opt(None, "A directory on a local NVMe disk, for --offload-device nvme.")
+    cpu: bool = opt(False, "Processes on CPUs with gloo: for machines without GPUs, and for tests.", panel=NODES_PANEL)
+    gpu_memory: str | None = opt(None, "One GPU's memory (with --cpu: one process's budget), e.g. 80GiB: --strategy "
+                                       "auto chooses the cheapest strategy that fits it.")
+    threads_per_process: int | None = opt(None, "OMP_NUM_THREADS of every process (default with --cpu: cores // "
+                                                "processes).", panel=NODES_PANEL)
+    timeout: float = opt(120.0, "Seconds a node other than 0 waits for node 0's address.", panel=NODES_PANEL)
+    write_config: str | None = opt(None, "Write the accelerate config, the DeepSpeed JSON and (several nodes) a "
+                                         "hostfile, one command per node and a SLURM script into DIR, and exit.")
+    dry_run: bool = opt(False, "Print the exact command(s) and the per-rank memory, and exit.")
 
     def __post_init__(self) -> None:
         problems: list[str] = []

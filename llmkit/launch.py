@@ -28,13 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import ConfigError, LlmkitError
+from llmkit.memory import STRATEGY_ZERO as ZERO
+from llmkit.runtime import free_port
 
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "zero2-offload", "zero3-offload", "fsdp", "auto")
 # --strategy auto tries these in this order (fastest first) and takes the first that fits --gpu-memory
 AUTO_ORDER = ("ddp", "zero1", "zero2", "zero3", "zero2-offload", "zero3-offload")
-# strategy -> (memory-estimate's --zero, --offload); FSDP FULL_SHARD partitions like ZeRO-3
-ZERO = {"ddp": (0, "none"), "zero1": (1, "none"), "zero2": (2, "none"), "zero3": (3, "none"),
-        "zero2-offload": (2, "optimizer"), "zero3-offload": (3, "optimizer+params"), "fsdp": (3, "none")}
 TRAINING_COMMANDS = ("pretrain", "sft", "peft")
 DEFAULT_PORT = 29500
 ACCELERATE_CONFIG = "accelerate_config.yaml"
@@ -48,24 +47,20 @@ SLURM = "launch.slurm"
 
 @dataclass(frozen=True)
 class TrainingCommand:
-    """The command after `--`: `llmkit SUBCOMMAND ARGS`, and the values launch needs from it."""
+    """The command after `--`: `llmkit SUBCOMMAND ARGS`, and its configuration as that command resolves it (its own
+    parser, preset, config file and flags: `llmkit.commands._runtime.resolve_command_line`)."""
 
     subcommand: str
     args: tuple[str, ...]
-    values: dict[str, Any]           # flag (long name, no dashes) -> value (True for a bare boolean flag)
+    config: Any                      # PretrainConfig | SFTConfig | PeftConfig
 
-    def get(self, flag: str, default: Any = None) -> Any:
-        return self.values.get(flag, default)
-
-
-_SHORT = {"-m": "model", "-b": "batch-size", "-t": "tokenizer", "-o": "output-dir"}
-_BOOLEAN = {"grad-checkpointing", "from-scratch", "pack", "padding-free", "overwrite", "json", "freeze-base",
-            "double-quant", "load-in-4bit", "load-in-8bit", "trust-remote-code", "print-config", "check",
-            "train-on-prompt", "whole-word-masking"}
+    def gave(self, flag: str) -> bool:
+        """Whether the command line itself passes --FLAG (launch must not pass it a second time)."""
+        return any(a == flag or a.startswith(flag + "=") for a in self.args)
 
 
-def parse_training_command(argv: list[str] | tuple[str, ...] | None) -> TrainingCommand:
-    """Check that ARGV is `llmkit pretrain|sft|peft ...` and read the flags launch uses (memory, refusals)."""
+def check_training_argv(argv: list[str] | tuple[str, ...] | None) -> list[str]:
+    """Check that ARGV is `llmkit pretrain|sft|peft ...`; returns it as a list."""
     argv = list(argv or [])
     if not argv:
         raise ConfigError("no training command after --",
@@ -80,74 +75,17 @@ def parse_training_command(argv: list[str] | tuple[str, ...] | None) -> Training
         raise ConfigError(f"launch runs the training commands {', '.join(TRAINING_COMMANDS)}, not {got!r}",
                           hint="every process runs the command after --, so only training makes sense there: "
                                "-- llmkit pretrain|sft|peft ...")
-    args = argv[2:]
-    values: dict[str, Any] = {}
-    i = 0
-    while i < len(args):
-        token = args[i]
-        if token.startswith("--") and len(token) > 2:
-            name, eq, value = token[2:].partition("=")
-            if eq:
-                values[name] = value
-            elif name in _BOOLEAN or name.startswith("no-") or i + 1 >= len(args) or args[i + 1].startswith("-"):
-                if name.startswith("no-") and name[3:] in _BOOLEAN:
-                    values[name[3:]] = False
-                else:
-                    values[name] = True
-            else:
-                values[name] = args[i + 1]
-                i += 1
-        elif token in _SHORT and i + 1 < len(args):
-            values[_SHORT[token]] = args[i + 1]
-            i += 1
-        i += 1
-    return TrainingCommand(subcommand=argv[1], args=tuple(args), values={**_defaults(argv[1], values), **values})
+    for flag in ("--help", "-h", "--print-config"):
+        if flag in argv[2:]:
+            raise ConfigError(f"the training command has {flag}: every process would print and exit",
+                              hint=f"run `llmkit {argv[1]} ... {flag}` by itself")
+    return argv
 
 
-def _defaults(subcommand: str, values: dict[str, Any]) -> dict[str, Any]:
-    """What the training command's --preset and --config files set (flags override them), as flag names: the
-    memory figures need the model, batch and sequence length wherever they come from. Unreadable ones are left to
-    the training command to report."""
-    out: dict[str, Any] = {}
-    sources = []
-    if isinstance(values.get("preset"), str):
-        sources.append(("preset", values["preset"]))
-    if isinstance(values.get("config"), str):
-        sources.append(("config", values["config"]))
-    for kind, name in sources:
-        try:
-            if kind == "preset":
-                from llmkit import presets
-
-                data = presets.load_preset(subcommand, name)
-            else:
-                from llmkit.configio import load_config_file
-
-                data = load_config_file(Path(name).expanduser())
-        except Exception:  # noqa: BLE001 - the training command reports a bad preset or file itself
-            continue
-        if isinstance(data, dict):
-            out.update({str(k).replace("_", "-"): v for k, v in data.items()})
-    return out
-
-
-def _int(command: TrainingCommand, flag: str, default: int) -> int:
-    value = command.get(flag)
-    try:
-        return int(value) if value is not None else default
-    except (TypeError, ValueError):
-        raise ConfigError(f"the training command's --{flag} must be an integer (got {value!r})") from None
-
-
-def quantized(command: TrainingCommand) -> str | None:
-    """The bitsandbytes quantization the training command asks for (QLoRA), or None."""
-    quant = command.get("quant")
-    if isinstance(quant, str) and quant != "none":
-        return quant
-    for flag in ("load-in-4bit", "load-in-8bit"):
-        if command.get(flag) is True:
-            return flag
-    return None
+def quantized(config) -> str | None:
+    """The bitsandbytes quantization a training config asks for (QLoRA), or None."""
+    quant = getattr(config, "quant", "none")
+    return None if quant == "none" else quant
 
 
 # ------------------------------------------------------------------------------------------------------ the plan
@@ -275,18 +213,12 @@ def port_free(port: int) -> bool:
     return True
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
-def plan_launch(cfg, training_argv: list[str] | tuple[str, ...] | None, check_port: bool = True) -> Plan:
+def plan_launch(cfg, training: TrainingCommand, check_port: bool = True) -> Plan:
     """Resolve everything before anything starts: processes, nodes, strategy (auto), refusals, memory, commands.
 
     Raises ConfigError (exit 2) for every invalid combination, with the reason and the alternative.
     """
-    command = parse_training_command(training_argv)
+    command = training
     problems: list[str] = []
     hosts: list[tuple[str, int]] = []
     nodes, main_ip = cfg.nodes, cfg.main_ip
@@ -312,10 +244,10 @@ def plan_launch(cfg, training_argv: list[str] | tuple[str, ...] | None, check_po
     if cfg.node_rank >= nodes:
         problems.append(f"--node-rank {cfg.node_rank} must be below --nodes {nodes} (node ranks are 0..{nodes - 1})")
     mixed = cfg.mixed_precision
-    train_mixed = command.get("mixed-precision")
+    train_mixed = command.config.mixed_precision
     if mixed is None:
-        mixed = train_mixed if isinstance(train_mixed, str) else "no"
-    elif isinstance(train_mixed, str) and train_mixed != mixed:
+        mixed = train_mixed
+    elif command.gave("--mixed-precision") and train_mixed != mixed:
         problems.append(f"--mixed-precision {mixed} but the training command says --mixed-precision {train_mixed}: "
                         "give it once (launch passes its own to the training command)")
     if mixed == "fp16" and cfg.cpu:
@@ -323,10 +255,10 @@ def plan_launch(cfg, training_argv: list[str] | tuple[str, ...] | None, check_po
                         "(slow without native bf16) or no")
     if mixed not in ("no", "fp16", "bf16"):
         problems.append(f"the training command's --mixed-precision {mixed!r} is not no, fp16 or bf16")
-    if command.get("deepspeed") is not None:
+    if command.config.deepspeed is not None:
         problems.append("the training command has --deepspeed: launch writes the DeepSpeed config of --strategy "
                         "itself; drop --deepspeed from the command after --")
-    quant = quantized(command)
+    quant = quantized(command.config)
     strategy = cfg.strategy
     if quant and strategy in ("zero3", "zero3-offload", "fsdp"):
         problems.append(f"--strategy {strategy} with a quantized base ({quant}, QLoRA): ZeRO-3 and FSDP partition "
@@ -385,7 +317,7 @@ def plan_launch(cfg, training_argv: list[str] | tuple[str, ...] | None, check_po
     if port is None:
         port = DEFAULT_PORT
         if nodes == 1 and check_port and not port_free(port):
-            port, port_chosen = _free_port(), True
+            port, port_chosen = free_port(), True
     elif check_port and cfg.node_rank == 0 and not port_free(port):
         raise ConfigError(f"--main-port {port} is in use on this machine (node 0 listens there for the other "
                           "processes)", hint="choose another --main-port, or stop what holds it")
@@ -423,7 +355,7 @@ def _training_argv(plan: Plan, cfg) -> list[str]:
     argv = [sys.executable, "-m", "llmkit", plan.training.subcommand, *plan.training.args]
     if plan.uses_deepspeed:
         argv += ["--deepspeed", str(plan.config_dir / DEEPSPEED_CONFIG)]
-    if cfg.mixed_precision is not None and plan.training.get("mixed-precision") is None:
+    if cfg.mixed_precision is not None and not plan.training.gave("--mixed-precision"):
         argv += ["--mixed-precision", plan.mixed_precision]
     return argv
 
@@ -590,17 +522,14 @@ def _model_spec(command: TrainingCommand):
     """(ModelSpec, None), or (None, the reason it cannot be sized) from the training command's --model."""
     from llmkit import modelspec
 
-    model = command.get("model")
-    if not isinstance(model, str):
-        return None, "the training command names no --model"
+    config = command.config
     overrides: dict[str, int | None] = {}
-    tokenizer = command.get("tokenizer")
-    if isinstance(tokenizer, str):
-        vocab = _tokenizer_vocab(tokenizer)
+    if config.tokenizer:
+        vocab = _tokenizer_vocab(config.tokenizer)
         if vocab:
             overrides["vocab"] = vocab   # a model built from scratch gets the tokenizer's vocabulary
     try:
-        return modelspec.load_spec(model, overrides), None
+        return modelspec.load_spec(config.model, overrides), None
     except LlmkitError as exc:
         return None, f"the model cannot be sized: {exc.message}"
     except Exception as exc:  # noqa: BLE001 - the estimate is advice; an odd config never stops a launch
@@ -626,31 +555,14 @@ def _tokenizer_vocab(tokenizer: str) -> int | None:
 def _memory(cfg, command: TrainingCommand, spec, strategy: str, num_processes: int, nodes: int,
             mixed: str) -> dict[str, Any]:
     """memory-estimate's per-rank figures for this training command under `strategy`."""
-    from llmkit.config import MemoryEstimateConfig
+    from llmkit import translate
     from llmkit.memory import estimate
 
     zero, offload = ZERO[strategy]
-    optimizer = command.get("optimizer") if isinstance(command.get("optimizer"), str) else "adamw"
-    peft, quant = "none", "none"
-    if command.subcommand == "peft":
-        method = command.get("method") or command.get("peft")
-        peft = method if isinstance(method, str) else "lora"
-        q = quantized(command)
-        quant = {"load-in-4bit": "nf4", "load-in-8bit": "int8"}.get(q, q) if q else "none"
-    task = None
-    if command.subcommand == "pretrain" and command.get("objective") == "masked-lm":
-        task = "masked-lm"
-    elif command.subcommand == "pretrain" and command.get("objective") == "seq2seq":
-        task = "seq2seq"
     try:
-        mem_cfg = MemoryEstimateConfig(
-            model=spec.name, mode="train", task=task, mixed_precision=mixed, optimizer=optimizer, peft=peft,
-            quant=quant, batch_size=_int(command, "batch-size", 8), seq_len=_int(command, "seq-len", 512),
-            grad_accum=_int(command, "grad-accum", 1), grad_checkpointing=command.get("grad-checkpointing") is True,
-            freeze_base=command.get("freeze-base") is True,
-            trainable_layers=_int(command, "trainable-layers", 0) or None,
-            zero=zero, offload=offload, gpus=num_processes, nodes=nodes, gpu_memory=cfg.gpu_memory,
-            overhead="0" if cfg.cpu else None)
+        mem_cfg = translate.memory_config(command.config, zero=zero, offload=offload, gpus=num_processes,
+                                          nodes=nodes, gpu_memory=cfg.gpu_memory, mixed_precision=mixed,
+                                          overhead="0" if cfg.cpu else None)
         est = estimate(mem_cfg, spec=spec, with_plans=False)
     except LlmkitError as exc:
         raise ConfigError(f"memory-estimate refuses this run: {exc.message}", hint=exc.hint) from None
@@ -695,24 +607,6 @@ def wait_for_main(host: str, port: int, timeout: float) -> None:
         except OSError as exc:
             last = exc.strerror or type(exc).__name__
             time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
-
-
-def check_training_command(plan: Plan) -> None:
-    """Resolve the training command's configuration once, in one light process (`--print-config`: no torch, about
-    0.3 s), so a bad flag there is one clear error before any rank starts, not one per rank."""
-    argv = [a for a in plan.training_argv if a != "--json"] + ["--print-config"]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
-    if proc.returncode == 0:
-        return
-    lines = proc.stderr.strip().splitlines()
-    message = next((line[7:] for line in lines if line.startswith("Error: ")), None)
-    hint = next((line[6:] for line in lines if line.startswith("Hint: ")), None)
-    if message is None:   # click's own usage errors (an unknown flag) come in a box
-        message = " ".join(line.strip("│╭╮╰╯─ ") for line in lines if line.strip("│╭╮╰╯─ "))[-400:] or \
-            f"exit code {proc.returncode}"
-    raise ConfigError(f"the training command is invalid: {message}",
-                      hint=hint or f"check it alone: llmkit {plan.training.subcommand} ... --print-config")
 
 
 @dataclass

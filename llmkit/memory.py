@@ -49,6 +49,12 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9
                "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
+# `llmkit launch`'s strategies as (ZeRO stage, offload): the distributed layouts llmkit runs, so the only ones a plan
+# may name (FSDP FULL_SHARD partitions like ZeRO-3)
+STRATEGY_ZERO = {"ddp": (0, "none"), "zero1": (1, "none"), "zero2": (2, "none"), "zero3": (3, "none"),
+                 "zero2-offload": (2, "optimizer"), "zero3-offload": (3, "optimizer+params"), "fsdp": (3, "none")}
+
+
 def parse_size(text: str | int, flag: str) -> int:
     """'24GiB' -> 25769803776; '8GB' = 8e9 bytes, '80G' = 80e9, plain numbers are bytes."""
     if isinstance(text, int) and not isinstance(text, bool):
@@ -139,8 +145,17 @@ class Plan:
     per_device_total: int
     cpu_ram: int
     flags: list[str]                   # memory-estimate flags that reproduce it (besides --model/--params)
-    training_flags: list[str]          # the same choices as llmkit training flags
     hf_training_arguments: dict[str, Any]
+    task: str = ""                     # the model's task in this configuration (what the training command trains)
+    config: Any = None                 # the memory-estimate config of this plan (not serialised)
+    training_flags: list[str] = field(default_factory=list)   # the training command's flags (llmkit.translate)
+    command: str = ""                  # the command line that runs it (DATA, OUT: your data and run dir)
+    argv: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("config")
+        return out
 
 
 @dataclass(frozen=True)
@@ -170,7 +185,7 @@ class Estimate:
             out["gpu_memory"] = self.gpu_memory
             out["fits"] = self.fits
         if self.plans is not None:
-            out["plans"] = [dataclasses.asdict(p) for p in self.plans]
+            out["plans"] = [p.to_json() for p in self.plans]
         if self.explain:
             out["explain"] = self.explain
         if self.notes:
@@ -912,6 +927,8 @@ def _plan_candidates(cfg: Any, spec: ModelSpec):
                                 ["optimizer+params"] if zero == 3 else [])
                             if gpus * nodes == 1 and zero > 0:
                                 offloads = [o for o in offloads if o != "none"]   # ZeRO alone gains nothing
+                            # only what `llmkit launch` can run (a plan is a command line)
+                            offloads = [o for o in offloads if (zero, o) in STRATEGY_ZERO.values()]
                             for offload in offloads:
                                 for seq, seq_changed in seqs:
                                     yield (batches, ckpt, mix, optimizer, peft, quant, dq, gpus, nodes,
@@ -931,8 +948,10 @@ def search_plans(cfg: Any, spec: ModelSpec, current: Estimate, limit: int = 5) -
     for (batches, ckpt, mix, optimizer, peft, quant, dq, gpus, nodes, zero, offload, seq,
          changes_training) in _plan_candidates(cfg, spec):
         precision, mixed = mix
-        if quant != "none" and precision != "bf16":
-            continue   # QLoRA keeps the unquantized parts and computes in bf16
+        if quant != "none":
+            precision = "fp32"   # llmkit's QLoRA (peft's k-bit preparation) keeps the unquantized parts in fp32
+        if offload != "none" and optimizer in ("adamw-8bit", "paged-adamw-8bit"):
+            continue   # DeepSpeed's CPU offload steps its own CPU Adam; it refuses a bitsandbytes optimizer
         # largest micro-batch first: the first that fits is the cheapest of its kind, smaller ones cost more
         for micro, accum in batches:
             try:
@@ -940,7 +959,7 @@ def search_plans(cfg: Any, spec: ModelSpec, current: Estimate, limit: int = 5) -
                     cfg, batch_size=micro, grad_accum=accum, grad_checkpointing=ckpt, mixed_precision=mixed,
                     precision=precision, optimizer=optimizer, peft=peft, quant=quant, double_quant=dq, gpus=gpus,
                     nodes=nodes, zero=zero, lora_targets=cfg.lora_targets if peft == cfg.peft else ("all-linear",),
-                    offload=offload, seq_len=seq, plan=False, explain=False)
+                    offload=offload, seq_len=seq, plan=False, explain=False, strategy=None)
                 est = _estimate(candidate, spec, groups_cache=groups_cache, light=True)
             except ConfigError:
                 break
@@ -978,7 +997,8 @@ def search_plans(cfg: Any, spec: ModelSpec, current: Estimate, limit: int = 5) -
             rank=len(plans) + 1, changes=changes, changes_what_is_trained=changes_training,
             relative_step_time=round(relative, 3), gpu_seconds_factor=round(relative * used, 3),
             per_device_total=est.per_device["total"], cpu_ram=est.cpu_ram, flags=config_flags(candidate),
-            training_flags=training_flags(candidate), hf_training_arguments=hf_training_arguments(candidate)))
+            hf_training_arguments=hf_training_arguments(candidate), task=candidate.task or spec.default_task,
+            config=candidate))
     return plans
 
 
@@ -1003,37 +1023,6 @@ def config_flags(cfg: Any) -> list[str]:
             flags += [flag, ",".join(value)]
         else:
             flags += [flag, str(value)]
-    return flags
-
-
-def training_flags(cfg: Any) -> list[str]:
-    """The same choices in the vocabulary of llmkit's training commands (sft, pretrain)."""
-    flags = ["--batch-size", str(cfg.batch_size), "--grad-accum", str(cfg.grad_accum),
-             "--seq-len", str(cfg.seq_len)]
-    if cfg.grad_checkpointing:
-        flags.append("--grad-checkpointing")
-    if cfg.mixed_precision != "no":
-        flags += ["--mixed-precision", cfg.mixed_precision]
-    if cfg.effective_precision != "fp32":
-        flags += ["--precision", cfg.effective_precision]
-    if cfg.optimizer != "adamw":
-        flags += ["--optimizer", cfg.optimizer]
-    if cfg.peft != "none":
-        flags += ["--peft", cfg.peft]
-        if cfg.peft == "lora":
-            flags += ["--lora-rank", str(cfg.lora_rank), "--lora-targets", ",".join(cfg.lora_targets)]
-    if cfg.quant != "none":
-        flags += ["--quant", cfg.quant] + (["--double-quant"] if cfg.double_quant else [])
-    if cfg.zero:
-        flags += ["--zero", str(cfg.zero)]
-    if cfg.offload != "none":
-        flags += ["--offload", cfg.offload]
-    if cfg.gpus * cfg.nodes > 1:
-        flags += ["--gpus", str(cfg.gpus)] + (["--nodes", str(cfg.nodes)] if cfg.nodes > 1 else [])
-    if cfg.freeze_base:
-        flags.append("--freeze-base")
-    if cfg.trainable_layers is not None:
-        flags += ["--trainable-layers", str(cfg.trainable_layers)]
     return flags
 
 

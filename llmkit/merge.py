@@ -2,8 +2,8 @@
 
 Heavy module (torch, transformers, peft at the top): reached only from inside a command body.
 
-Order of work: everything that can be refused is refused before a model is loaded (method, base name, module
-names and shapes, output dir). Then, by strategy:
+Order of work: everything that can be refused is refused before a model is loaded (method, an adapter still at its
+initialisation, base name, module names and shapes, output dir). Then, by strategy:
 
 * an adapter trained on a full-precision base ("plain"): base + adapter → `merge_and_unload`;
 * an adapter trained on a 4-bit/8-bit base (QLoRA), `--strategy`
@@ -35,9 +35,9 @@ import torch
 from llmkit.config import MERGE_TOLERANCE, MergeConfig
 from llmkit.errors import ConfigError, LlmkitError, ModelLoadError
 from llmkit.modeling import ADAPTER_INFO, adapter_base, read_json_file
-from llmkit.quantize_model import (QuantSpec, _free, _quiet, _weight_matrix, check_blocksize, load_quantized,
-                                   meta_model, quantizable_linears, quantized_modules, read_model_config,
-                                   skip_modules)
+from llmkit.quantize_model import (QuantSpec, check_blocksize, load_quantized, meta_model, quantizable_linears,
+                                   quantized_modules, read_model_config, skip_modules, weight_matrix)
+from llmkit.runtime import free_memory, quiet_quantization
 from llmkit.ui import Reporter, SilentReporter
 
 MERGEABLE = {"LORA": "lora", "IA3": "ia3", "ADALORA": "adalora", "LOHA": "loha", "LOKR": "lokr"}
@@ -119,6 +119,7 @@ def merge_adapter(cfg: MergeConfig, reporter: Reporter | None = None) -> MergeRe
     reporter = reporter or SilentReporter()
     started = time.perf_counter()
     info = read_adapter(cfg.adapter)
+    check_trained(info)
     base = adapter_base(cfg.adapter, cfg.base, "--base")
     check_output_dir(cfg.output_dir, cfg.overwrite)
     check_model_source(base)
@@ -130,7 +131,7 @@ def merge_adapter(cfg: MergeConfig, reporter: Reporter | None = None) -> MergeRe
     check_fits(info, base, cfg.trust_remote_code)
     if info.quant:  # the quantized base must be one bitsandbytes computes right here (see check_blocksize)
         skeleton = meta_model(base, cfg.trust_remote_code, info.task, **info.model_kwargs)
-        shapes = {n: tuple(_weight_matrix(m).shape)
+        shapes = {n: tuple(weight_matrix(m).shape)
                   for n, m in quantizable_linears(skeleton, skip_modules(skeleton, ())).items()}
         check_blocksize(quant_spec(info), shapes, "cpu")  # merge runs on CPU
     strategy = resolve_strategy(cfg, info, reporter)
@@ -147,7 +148,7 @@ def merge_adapter(cfg: MergeConfig, reporter: Reporter | None = None) -> MergeRe
                                             trust_remote_code=cfg.trust_remote_code, **info.model_kwargs), info)
             trained_logits = logits_of(trained, probes)
             del trained
-            _free()
+            free_memory()
         reporter.info(f"Merging the {info.method} adapter ({strategy}) …")
         model = load_base_for(strategy, base, info, cfg)
         peft_model = attach(model, info)
@@ -165,23 +166,23 @@ def merge_adapter(cfg: MergeConfig, reporter: Reporter | None = None) -> MergeRe
                 verification = agreement(reference, logits_of(merged, probes), "base (dequantized) + adapter")
                 _check(verification, tolerance)
             with tempfile.TemporaryDirectory(prefix="llmkit-merge-", dir=scratch.parent) as tmp:
-                with _quiet():
+                with quiet_quantization():
                     merged.save_pretrained(tmp)
                 del merged
-                _free()
+                free_memory()
                 # the parts that stay unquantized (embeddings, norms, head) in --dtype
                 requantized = load_quantized(tmp, quant_spec(info), skip_for(base, cfg, info), task=info.task,
                                              dtype=getattr(torch, TORCH_DTYPES[dtype]))
-                with _quiet():
+                with quiet_quantization():
                     requantized.save_pretrained(scratch, max_shard_size=cfg.max_shard_size)
                 del requantized
-                _free()
+                free_memory()
         else:
             merged = merged.to(getattr(torch, TORCH_DTYPES[dtype]))
-            with _quiet():
+            with quiet_quantization():
                 merged.save_pretrained(scratch, max_shard_size=cfg.max_shard_size)
             del merged
-            _free()
+            free_memory()
         save_extras(scratch, tokenizer, info, base)
 
         drift = None
@@ -190,7 +191,7 @@ def merge_adapter(cfg: MergeConfig, reporter: Reporter | None = None) -> MergeRe
             saved = reload_saved(scratch, saved_quantized, cfg.trust_remote_code, info.task)
             saved_logits = logits_of(saved, probes)
             del saved
-            _free()
+            free_memory()
             if verification is None:
                 verification = agreement(reference, saved_logits, reference_name(strategy))
                 _check(verification, tolerance)
@@ -261,12 +262,43 @@ def adapter_tensor_shapes(path: Path) -> dict[str, list[int]]:
 
         with safe_open(str(file), "pt") as f:
             return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    return {k: list(v.shape) for k, v in adapter_tensors(path).items()}
+
+
+def adapter_tensors(path: Path) -> dict[str, torch.Tensor]:
+    file = path / "adapter_model.safetensors"
+    if file.is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(file))
     legacy = path / "adapter_model.bin"
     if legacy.is_file():
-        state = torch.load(legacy, map_location="cpu", weights_only=True)
-        return {k: list(v.shape) for k, v in state.items()}
+        return torch.load(legacy, map_location="cpu", weights_only=True)
     raise ModelLoadError(f"{path} has no adapter_model.safetensors (or adapter_model.bin)",
                          hint="the adapter dir is incomplete: re-save it")
+
+
+def check_trained(info: AdapterInfo) -> None:
+    """Refuse an adapter that is still its initialisation: LoRA with every B zero, IA3 with every vector all ones.
+    It changes nothing, so the merge would save a copy of the base that verifies trivially; it is what a run that
+    trained nothing saves. Any other tensor (modules_to_save, DoRA magnitudes) may change the model: not refused."""
+    if info.method not in ("lora", "ia3"):
+        return
+    # (tensors whose value does not matter while the others are initial: LoRA's A is random and multiplies B,
+    #  tensors that must hold their initial value, that value)
+    ignored, checked, initial = {"lora": (("lora_A", "lora_embedding_A"), ("lora_B", "lora_embedding_B"), 0.0),
+                                 "ia3": ((), ("ia3_l",), 1.0)}[info.method]
+    for key, tensor in adapter_tensors(info.path).items():
+        parts = key.split(".")
+        if any(name in parts for name in ignored):
+            continue
+        if not any(name in parts for name in checked) or bool((tensor != initial).any()):
+            return
+    what = "every lora_B is zero" if info.method == "lora" else "every IA3 vector is all ones"
+    raise LlmkitError(f"the {info.method} adapter {info.path} is still its initialisation ({what}): it changes "
+                      "nothing, so the merged model would be the base itself",
+                      hint="its training changed nothing (see loss and grad_norm in the run's metrics.jsonl): "
+                           "train it again, or use the base model as it is")
 
 
 def check_fits(info: AdapterInfo, base: str, trust_remote_code: bool) -> None:
@@ -353,12 +385,12 @@ def load_base_for(strategy: str, base: str, info: AdapterInfo, cfg: MergeConfig)
     from llmkit.modeling import load_model
 
     if strategy in ("plain", "original"):
-        with _quiet():
+        with quiet_quantization():
             return load_model(base, info.task, dtype="fp32", trust_remote_code=cfg.trust_remote_code,
                               **info.model_kwargs).eval()
     quantized = load_quantized(base, quant_spec(info), skip_for(base, cfg, info), task=info.task,
                                trust_remote_code=cfg.trust_remote_code, **info.model_kwargs)
-    with _quiet():  # no forward has run on it: its 4-bit weights are still in the saved layout
+    with quiet_quantization():  # no forward has run on it: its 4-bit weights are still in the saved layout
         return quantized.dequantize(dtype=torch.float32).eval()
 
 
@@ -383,7 +415,7 @@ def attach(model, info: AdapterInfo):
     from peft import PeftModel
 
     try:
-        with _quiet():
+        with quiet_quantization():
             return PeftModel.from_pretrained(model, str(info.path)).eval()
     except Exception as exc:
         raise ModelLoadError(f"cannot load the adapter {info.path}: {str(exc).splitlines()[0]}",
@@ -402,7 +434,7 @@ def reload_saved(path: Path, quantized: bool, trust_remote_code: bool, task: str
     from llmkit.modeling import AUTO_CLASSES
 
     options = {"device_map": {"": "cpu"}, "dtype": torch.float32} if quantized else {"dtype": torch.float32}
-    with _quiet():
+    with quiet_quantization():
         try:
             auto = getattr(transformers, AUTO_CLASSES[task])
             model = auto.from_pretrained(path, trust_remote_code=trust_remote_code, **options).eval()
@@ -457,7 +489,7 @@ def logits_of(model, probes: list[torch.Tensor]) -> list[torch.Tensor]:
     device = next(model.parameters()).device
     seq2seq = getattr(model.config, "is_encoder_decoder", False)
     outputs = []
-    with torch.inference_mode(), _quiet():
+    with torch.inference_mode(), quiet_quantization():
         for p in probes:
             ids = p.to(device)
             out = model(input_ids=ids, decoder_input_ids=ids) if seq2seq else model(input_ids=ids)

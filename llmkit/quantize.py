@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llmkit.config import QuantizeExplainConfig
+from llmkit.config import SUPPORTED_4BIT_BLOCKSIZES, QuantizeExplainConfig
 
 # The 16 NF4 levels (QLoRA, Dettmers et al. 2023): quantiles of N(0, 1) scaled to [-1, 1], with an exact zero.
 NF4_LEVELS = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
@@ -18,7 +18,6 @@ NF4_LEVELS = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.394917488098144
 # bitsandbytes' FP4 (1 sign, 2 exponent, 1 mantissa bits) levels, normalised to [-1, 1], indexed by code.
 FP4_LEVELS = (0.0, 0.005208333333, 0.6666666667, 1.0, 0.3333333333, 0.5, 0.1666666667, 0.25,
               -0.0, -0.005208333333, -0.6666666667, -1.0, -0.3333333333, -0.5, -0.1666666667, -0.25)
-SUPPORTED_4BIT_BLOCKSIZES = (64, 128, 256, 512, 1024, 2048, 4096)
 DOUBLE_QUANT_BLOCK = 256  # absmax values per second-level block (bitsandbytes' compress_statistics)
 
 

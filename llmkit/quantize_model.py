@@ -21,7 +21,6 @@ import json
 import math
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch
 
 from llmkit.config import QuantizeCompareConfig, QuantizeModelConfig
 from llmkit.errors import ConfigError, LlmkitError, ModelLoadError
+from llmkit.runtime import free_memory, quiet_quantization
 from llmkit.ui import Reporter, SilentReporter
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -185,7 +185,7 @@ class Source:
         # Everything that can be refused is refused on a weightless (meta) copy, before any loading.
         skeleton = meta_model(name, cfg.trust_remote_code)
         self.skip = skip_modules(skeleton, cfg.skip_modules)
-        shapes = {n: tuple(_weight_matrix(m).shape) for n, m in quantizable_linears(skeleton, self.skip).items()}
+        shapes = {n: tuple(weight_matrix(m).shape) for n, m in quantizable_linears(skeleton, self.skip).items()}
         if not shapes:
             raise ConfigError(f"{name} has no linear layers to quantize"
                               + (f" (skipped: {', '.join(cfg.skip_modules)})" if cfg.skip_modules else ""),
@@ -198,13 +198,13 @@ class Source:
         self.tokenizer = load_tokenizer(name, trust_remote_code=cfg.trust_remote_code)
         reporter.info(f"Loading {name} …")
         # fp32 on CPU (it has no fast bf16/fp16 math); the checkpoint's dtype on a GPU.
-        with _quiet():
+        with quiet_quantization():
             self.model = load_model(name, dtype="fp32" if self.device == "cpu" else None, device=self.device,
                                     trust_remote_code=cfg.trust_remote_code).eval()
         self.targets = quantizable_linears(self.model, self.skip)
         # The original weights, for the errors and a non-default blocksize: views into the model, not copies, so the
         # peak is this model plus one quantized model.
-        self.weights = {n: _weight_matrix(m).detach() for n, m in self.targets.items()}
+        self.weights = {n: weight_matrix(m).detach() for n, m in self.targets.items()}
         self.params_total = sum(p.numel() for p in self.model.parameters())
         self.memory_before = memory_bytes(self.model)
         self.disk_before = weight_file_bytes(name)
@@ -220,7 +220,7 @@ class Source:
         self.weights.clear()
         self.targets.clear()
         del self.model
-        _free()
+        free_memory()
 
 
 def check_blocksize(spec: QuantSpec, shapes: dict, device: str) -> None:
@@ -289,7 +289,7 @@ def _is_linear(module) -> bool:
     return isinstance(module, Conv1D) or type(module) is torch.nn.Linear  # replace_with_bnb_linear's own rule
 
 
-def _weight_matrix(module):
+def weight_matrix(module):
     """The weight as [out, in] (GPT-2's Conv1D stores it transposed)."""
     from transformers.pytorch_utils import Conv1D
 
@@ -376,7 +376,7 @@ def perplexity(model, ids: torch.Tensor, seq_len: int) -> float:
     """exp(mean next-token NLL) over non-overlapping windows of seq_len tokens."""
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    with torch.inference_mode(), _quiet():
+    with torch.inference_mode(), quiet_quantization():
         for start in range(0, ids.numel() - 1, seq_len):
             chunk = ids[start:start + seq_len].unsqueeze(0).to(device)
             if chunk.shape[1] < 2:
@@ -451,7 +451,7 @@ def load_quantized(name: str, spec: QuantSpec, skip: list[str], *, device: str =
 
     from llmkit.modeling import AUTO_CLASSES
 
-    with _quiet():
+    with quiet_quantization():
         model = getattr(transformers, AUTO_CLASSES[task]).from_pretrained(
             name, quantization_config=bnb_config(spec, skip, threshold), device_map={"": device},
             dtype=dtype or (torch.float32 if device == "cpu" else "auto"), trust_remote_code=trust_remote_code,
@@ -531,7 +531,7 @@ def run_method(source: Source, spec: QuantSpec, out_dir: Path, reporter: Reporte
     layers_q = quantized_modules(model)
     # Save before any forward pass: on CPUs with AVX512-BF16, bitsandbytes 0.50 repacks 4-bit weights on the first
     # inference forward, and saving a repacked layer converts it back with a small loss (absmax ~2e-4 off).
-    with _quiet():
+    with quiet_quantization():
         model.save_pretrained(out_dir)
     missing = sorted(set(source.targets) - set(layers_q))
     if missing:
@@ -559,11 +559,11 @@ def run_method(source: Source, spec: QuantSpec, out_dir: Path, reporter: Reporte
 
     reporter.info(f"Perplexity after {spec.label} …")
     ppl_after = perplexity(model, source.eval_ids, source.seq_len)
-    with torch.inference_mode(), _quiet():
+    with torch.inference_mode(), quiet_quantization():
         probe_logits = model(input_ids=source.probe.to(source.device)).logits.float().cpu()
 
     del model
-    _free()
+    free_memory()
     reload = check_reload(out_dir, probe_logits, source, len(layers_q))
     disk_after = weight_file_bytes(out_dir) or 0
     on_disk = saved_quantized_bits(out_dir, layers_q)
@@ -596,7 +596,7 @@ def check_reload(out_dir: Path, probe_logits: torch.Tensor, source: Source, expe
     """`AutoModelForCausalLM.from_pretrained(out_dir)` must give a quantized model with the same outputs."""
     from transformers import AutoModelForCausalLM
 
-    with _quiet():
+    with quiet_quantization():
         try:
             reloaded = AutoModelForCausalLM.from_pretrained(out_dir, device_map={"": source.device},
                                                             trust_remote_code=source.cfg.trust_remote_code)
@@ -635,42 +635,3 @@ def _dtype_bytes(name: str) -> int:
     return {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "U8": 1, "I8": 1, "BOOL": 1}.get(
         name, 4)
 
-
-@contextlib.contextmanager
-def _quiet():
-    """bitsandbytes warns on every int8 matmul on CPU that inputs are cast to fp16; transformers warns about
-    dequantization dtypes. Neither is news to someone who asked for int8 or a merge."""
-    import logging
-
-    logger = logging.getLogger("transformers")
-    level = logger.level
-    bnb_logger = logging.getLogger("bitsandbytes.autograd._functions")
-    bnb_level = bnb_logger.level
-    bnb_logger.setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*inputs will be cast from.*")
-        warnings.filterwarnings("ignore", message=".*dequantized in.*")
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft on transformers 5
-        logger.setLevel(logging.ERROR)
-        try:
-            from transformers.utils import logging as hf_logging
-
-            bar_state = hf_logging.is_progress_bar_enabled()
-            hf_logging.disable_progress_bar()
-        except Exception:  # progress-bar switches moved: not worth failing over
-            bar_state = None
-        try:
-            yield
-        finally:
-            logger.setLevel(level)
-            bnb_logger.setLevel(bnb_level)
-            if bar_state:
-                hf_logging.enable_progress_bar()
-
-
-def _free() -> None:
-    import gc
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -93,7 +93,7 @@ def _stage_generate(out_dir: Path, model_dir: Path, prompts: list[str], reporter
     import json
 
     from llmkit.config import GenerateConfig
-    from llmkit.generate import Generator
+    from llmkit.inference.generator import Generator
 
     reporter.info("stage 6/6: generate from the trained model (greedy and sampled)")
     started = time.perf_counter()
@@ -179,7 +179,7 @@ def _stage_sft(cfg: QuickstartConfig, out: Path, model_dir: Path, reporter: Repo
 
     from llmkit.config import GenerateConfig, PeftConfig
     from llmkit.data.sft import builtin_template
-    from llmkit.generate import Generator
+    from llmkit.inference.generator import Generator
     from llmkit.training.peft import run_peft
 
     reporter.info("stage 3/6: instruction-tune it with a LoRA adapter on question/answer pairs (llmkit peft, "

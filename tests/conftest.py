@@ -84,3 +84,26 @@ def assert_clean_error(result, exit_code: int, *fragments: str) -> None:
     assert result.stdout == ""
     for fragment in fragments:
         assert fragment in result.stderr, (fragment, result.stderr)
+
+
+# a tiny LLaMA whose linear layers' inputs are multiples of 64: bitsandbytes' CPU 4-bit kernels need them (QLoRA)
+LLAMA_BASE = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
+
+
+@pytest.fixture(scope="session")
+def llama_base(tmp_path_factory, bpe_dir):
+    """A pretrained-looking tiny LLaMA whose tokenizer already has the chatml tokens (an adapter cannot add any)."""
+    from transformers import AutoTokenizer
+
+    from llmkit.data import sft
+    from llmkit.modeling import build_model
+
+    tok = AutoTokenizer.from_pretrained(bpe_dir)
+    sft.prepare_tokenizer(tok, "chatml")
+    model = build_model({"model_type": "llama", **LLAMA_BASE}, vocab_size=len(tok), seed=0,
+                        overrides={"pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id})
+    out = tmp_path_factory.mktemp("peft") / "base"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

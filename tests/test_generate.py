@@ -34,7 +34,7 @@ def _ids_of(cli_result_text, tok):
 
 def test_greedy_equals_model_generate_token_for_token(causal_dir):
     from llmkit.config import GenerateConfig
-    from llmkit.generate import Generator, run_prompt
+    from llmkit.inference.generator import Generator, run_prompt
 
     ref, _ = _reference(causal_dir, PROMPT, max_new_tokens=24, do_sample=False)
     result = run_prompt(GenerateConfig(model=str(causal_dir), prompt=PROMPT, max_new_tokens=24, do_sample=False),
@@ -116,7 +116,7 @@ def test_top_k_1_equals_greedy(cli, causal_dir):
 
 def test_repetition_penalty_lowers_repeats(causal_dir):
     from llmkit.config import GenerateConfig
-    from llmkit.generate import Generator
+    from llmkit.inference.generator import Generator
 
     def repeats(**kw):
         cfg = GenerateConfig(model=str(causal_dir), prompt=PROMPT, max_new_tokens=40, **kw)
@@ -204,7 +204,7 @@ def test_message_renders_the_chat_template_with_system(chat_dir):
     from transformers import AutoTokenizer
 
     from llmkit.config import GenerateConfig
-    from llmkit.generate import Generator, run_prompt
+    from llmkit.inference.generator import Generator, run_prompt
 
     cfg = GenerateConfig(model=str(chat_dir), message="Hi", system="Be brief.", max_new_tokens=4)
     result = run_prompt(cfg, Generator(cfg))
@@ -217,7 +217,7 @@ def test_message_renders_the_chat_template_with_system(chat_dir):
 
 def test_chat_template_file_overrides(causal_dir, tmp_path):
     from llmkit.config import GenerateConfig
-    from llmkit.generate import Generator, run_prompt
+    from llmkit.inference.generator import Generator, run_prompt
 
     template = tmp_path / "t.jinja"
     template.write_text("{% for m in messages %}[{{ m['content'] }}]{% endfor %}")
@@ -273,7 +273,8 @@ def test_chat_ctrl_c_stops_the_answer_only(chat_dir):
     import threading
 
     from llmkit.config import GenerateConfig
-    from llmkit.generate import ChatSession, Generator
+    from llmkit.inference.chat import ChatSession
+    from llmkit.inference.generator import Generator
 
     session = ChatSession(Generator(GenerateConfig(model=str(chat_dir), chat=True, max_new_tokens=30)))
     stop = threading.Event()
@@ -375,7 +376,7 @@ def test_quickstart_generate_stage(causal_dir, tmp_path):
 @pytest.mark.parametrize("flag, layer", [("--load-in-8bit", "Linear8bitLt"), ("--load-in-4bit", "Linear4bit")])
 def test_bitsandbytes_loading_generates(cli, bpe_dir, tmp_path, flag, layer):
     from llmkit.config import GenerateConfig
-    from llmkit.generate import Generator
+    from llmkit.inference.generator import Generator
     from llmkit.modeling import build_model, load_tokenizer
 
     tok = load_tokenizer(str(bpe_dir))  # 4-bit on CPU needs feature sizes that are multiples of its blocks

@@ -310,7 +310,7 @@ def test_a_command_that_is_not_a_training_command_is_refused(cli):
 
 @pytest.mark.parametrize("flags, extra, fragments", [
     (["--strategy", "zero3"], ["--quant", "nf4"], ["zero3 with a quantized base", "zero2"]),
-    (["--strategy", "zero3-offload"], ["--load-in-4bit"], ["quantized base"]),
+    (["--strategy", "zero3-offload"], ["--quant", "int8"], ["quantized base"]),
     (["--strategy", "ddp", "--offload-device", "cpu"], [], ["offloads nothing", "zero2-offload"]),
     (["--mixed-precision", "fp16"], [], ["fp16 on CPUs", "bf16"]),
     (["--nodes", "2"], [], ["--nodes 2 needs --main-ip"]),
@@ -320,8 +320,15 @@ def test_a_command_that_is_not_a_training_command_is_refused(cli):
     (["--strategy", "fsdp"], [], ["fsdp on CPUs", "zero3"]),
 ])
 def test_invalid_combinations_are_refused(cli, train_cmd, flags, extra, fragments):
+    if "--quant" in extra:   # QLoRA: an adapter run on a pretrained base
+        train_cmd = ["llmkit", "peft"] + [a for a in train_cmd[2:] if a != "--from-scratch"]
     result = cli("launch", "--cpu", *flags, "--dry-run", "--", *train_cmd, *extra)
     assert_clean_error(result, 2, *fragments)
+
+
+def test_flags_the_training_command_does_not_take_are_refused_before_planning(cli, train_cmd):
+    assert_clean_error(cli("launch", "--cpu", "--dry-run", "--", *train_cmd, "--quant", "nf4"), 2,
+                       "the training command is invalid", "No such option: --quant")
 
 
 def test_a_port_in_use_is_refused(cli, train_cmd):
@@ -525,14 +532,18 @@ def test_a_bad_training_command_is_refused_once_before_any_rank_starts(train_cmd
 
 
 def test_the_training_commands_preset_and_config_file_are_read_for_the_memory(cli, bpe_dir, tmp_path):
-    from llmkit.launch import parse_training_command
+    from typer.main import get_command
+
+    from llmkit.commands import app
+    from llmkit.commands.launch import resolve_training_config
 
     settings = tmp_path / "train.yaml"
     settings.write_text("seq_len: 64\ngrad_checkpointing: true\n")
-    command = parse_training_command(["llmkit", "pretrain", "--preset", "tiny-llama", "--config", str(settings),
-                                      "-t", str(bpe_dir), "--batch-size", "4"])
-    assert command.get("model") == "tiny-llama" and command.get("seq-len") == 64     # preset < file
-    assert command.get("batch-size") == "4" and command.get("grad-checkpointing") is True   # flags win
+    config = resolve_training_config(["pretrain", "--preset", "tiny-llama", "--config", str(settings),
+                                      "-t", str(bpe_dir), "--batch-size", "4", "--data", "d.jsonl", "-o", "r"],
+                                     get_command(app))
+    assert config.model == "tiny-llama" and config.seq_len == 64     # preset < file
+    assert config.batch_size == 4 and config.grad_checkpointing is True   # flags win
     plan = json.loads(cli("launch", "--cpu", "--dry-run", "--json", "--", "llmkit", "pretrain", "--preset",
                           "tiny-llama", "-t", bpe_dir, "--data", "d.jsonl", "-o", tmp_path / "r").stdout)
     assert plan["memory"] is not None and plan["memory_note"] is None

@@ -9,28 +9,7 @@ import torch
 from conftest import assert_clean_error
 from training_fixtures import TINY_BERT, TINY_T5, one_thread  # noqa: F401
 
-# hidden sizes that are multiples of 64: bitsandbytes' CPU 4-bit kernels need them (QLoRA test)
-BASE = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=256, tie_word_embeddings=False)
 METHOD_LR = {"lora": 1e-2, "ia3": 5e-2, "prompt-tuning": 1e-1, "p-tuning": 1e-2, "prefix-tuning": 3e-2}
-
-
-@pytest.fixture(scope="session")
-def llama_base(tmp_path_factory, bpe_dir):
-    """A pretrained-looking tiny LLaMA whose tokenizer already has the chatml tokens (an adapter cannot add any)."""
-    from transformers import AutoTokenizer
-
-    from llmkit.data import sft
-    from llmkit.modeling import build_model
-
-    tok = AutoTokenizer.from_pretrained(bpe_dir)
-    sft.prepare_tokenizer(tok, "chatml")
-    model = build_model({"model_type": "llama", **BASE}, vocab_size=len(tok), seed=0,
-                        overrides={"pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id})
-    out = tmp_path_factory.mktemp("peft") / "base"
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -220,7 +220,7 @@ def test_train_end_to_end_and_generate_uses_the_saved_template(cli, configs, bpe
     gc = GenerationConfig.from_pretrained(out / "model")
     assert tok.convert_tokens_to_ids("<|im_end|>") in gc.eos_token_id
     from llmkit.config import GenerateConfig
-    from llmkit.generate import Generator
+    from llmkit.inference.generator import Generator
 
     generator = Generator(GenerateConfig(model=str(out / "model"), message="hi", max_new_tokens=2))
     assert generator.render_messages([{"role": "user", "content": "hi"}]) == \

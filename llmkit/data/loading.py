@@ -35,7 +35,7 @@ def source_kind(source: str) -> str:
     return "hub"
 
 
-def _read_text_file(path: Path) -> str:
+def read_text_file(path: Path) -> str:
     raw = path.read_bytes()
     if not raw.strip():
         raise DataError(f"{path} is empty", hint="give a file with at least one record")
@@ -51,7 +51,7 @@ def _read_text_file(path: Path) -> str:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
-    for number, line in enumerate(_read_text_file(path).splitlines(), start=1):
+    for number, line in enumerate(read_text_file(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -68,7 +68,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def read_json(path: Path) -> list[dict[str, Any]]:
     try:
-        data = json.loads(_read_text_file(path))
+        data = json.loads(read_text_file(path))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})",
                         hint="a .json file must hold a list of objects (use .jsonl for one object per line)") from None
@@ -83,7 +83,7 @@ def read_json(path: Path) -> list[dict[str, Any]]:
 
 def read_txt(path: Path) -> list[dict[str, Any]]:
     """One record per non-empty line, in a field called `text`."""
-    return [{"text": line} for line in _read_text_file(path).splitlines() if line.strip()]
+    return [{"text": line} for line in read_text_file(path).splitlines() if line.strip()]
 
 
 def _check_field(rows_or_columns: list[str], field: str, source: str) -> None:
@@ -134,7 +134,7 @@ def load_table(source: str, split: str | None = None):
         if path.stat().st_size == 0:
             raise DataError(f"{source} is empty", hint="give a file with at least one record")
         if kind == "csv":
-            _read_text_file(path)  # catches binary and encoding problems with a clear message
+            read_text_file(path)  # catches binary and encoding problems with a clear message
         try:
             table = datasets.Dataset.from_csv(str(path)) if kind == "csv" else datasets.Dataset.from_parquet(str(path))
         except Exception as exc:  # pyarrow raises many types for a malformed file

@@ -3,12 +3,15 @@
 Formats (detected from the columns, or set with --format): alpaca (instruction / input / output, optional system
 and history), messages / sharegpt (a list of {role, content} or {from, value}), prompt / completion pairs.
 
-Masks come from rendering the conversation prefix by prefix with the chat template: the tokens a reply adds to
-the rendered text (after the generation prompt of the turns before it) are its trained tokens, end-of-turn / eos
-token included. This works for any template, without `{% generation %}` tags, as long as each rendered prefix is a
-prefix of the whole rendering (checked; a template that is not gets a clear error). The whole text is tokenized
-once, without added special tokens (the template holds them), and tokens are assigned to replies by character
-offsets; a token that straddles a reply boundary is an error too.
+Masks come from rendering the conversation prefix by prefix with the chat template: a reply is trained as the model
+sees it when generating it, so its trained tokens are what rendering it adds after the generation prompt of the
+turns before it, end-of-turn / eos token included. This works for any template, without `{% generation %}` tags.
+When each rendered prefix is a prefix of the whole rendering, the whole text is one example; a template that
+rewrites earlier turns once later ones exist (Qwen3, DeepSeek-R1: past reasoning stripped) gets one example per
+reply instead, each with its own context (with a warning), as --multi-turn expand always does. Each text is
+tokenized once, without added special tokens (the template holds them), and tokens are assigned to replies by
+character offsets; a token that straddles a reply boundary is an error. The text of a special token inside a
+message (a reply quoting `<|im_end|>`) is encoded as text, never as the token.
 
 Longer than --seq-len: cut on the right, except with --multi-turn last, which cuts the earliest context on the
 left and keeps the final reply whole (an example whose final reply alone does not fit is dropped and counted).
@@ -18,6 +21,8 @@ Labels equal input_ids where trained and -100 elsewhere; the shift happens in th
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -53,6 +58,8 @@ class Encoded:
     dropped: dict[str, int] = field(default_factory=dict)   # reason -> examples dropped
     truncated: int = 0                    # examples cut to --seq-len that kept a trained token
     end_token_id: int | None = None       # the last special token of a reply (the end of turn)
+    # (row, message number, text) of each conversation with a special token's text in a message (encoded as text)
+    special_text: list[tuple[int, int, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -248,23 +255,52 @@ def to_conversation(record: dict, fmt: str, cfg, row: int) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------------- encoding
 
-def _spans(tokenizer, template: str, messages: list[dict], where: str) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character span of each assistant reply."""
-    full = render(tokenizer, template, messages, False, where)
-    spans = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        before = _render_prompt_only(tokenizer, template, messages[:i], where)
-        upto = render(tokenizer, template, messages[:i + 1], False, where)
-        if not (full.startswith(upto) and upto.startswith(before)):
-            raise DataError(f"the chat template is not prefix-stable at {where}, message {i + 1}: rendering the "
-                            "conversation up to a reply is not a prefix of rendering the whole conversation, so the "
-                            "reply's tokens cannot be located",
-                            hint="use a template that renders earlier turns the same way whatever follows "
-                                 "(--template chatml), or --multi-turn last / single-turn data")
-        spans.append((len(before), len(upto)))
-    return full, spans
+@dataclass
+class _Rendering:
+    """One rendered text, tokenized into one example: the messages it renders and its trained character spans."""
+    messages: list[dict]
+    text: str
+    spans: list[tuple[int, int]]
+
+
+def _renderings(tokenizer, template: str, messages: list[dict], multi_turn: str,
+                where: str) -> tuple[list[_Rendering], bool]:
+    """The texts to tokenize for one conversation, and whether its replies became one example each because the
+    template rewrites earlier turns.
+
+    A reply is trained as the model sees it when generating it: after render(the turns before it,
+    add_generation_prompt), its trained text is what rendering it adds. One rendering of the whole conversation
+    gives every reply that context only when each such prefix is a prefix of the whole; templates that rewrite
+    earlier turns once later ones exist (Qwen3 and DeepSeek-R1 strip the reasoning of past replies) break that, and
+    their replies are rendered one per example with their own context, as --multi-turn expand always does."""
+    replies = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if multi_turn == "last":
+        replies = replies[-1:]
+    if multi_turn != "expand":
+        full = render(tokenizer, template, messages, False, where)
+        spans = []
+        for i in replies:
+            before = _render_prompt_only(tokenizer, template, messages[:i], where)
+            upto = full if i == len(messages) - 1 else render(tokenizer, template, messages[:i + 1], False, where)
+            if not (full.startswith(upto) and upto.startswith(before)):
+                break
+            spans.append((len(before), len(upto)))
+        else:
+            return [_Rendering(messages, full, spans)], False
+    renderings = []
+    for i in replies:
+        context = _render_prompt_only(tokenizer, template, messages[:i], where)
+        whole = render(tokenizer, template, messages[:i + 1], False, where)
+        if not whole.startswith(context):
+            same = len(os.path.commonprefix([context, whole]))
+            raise DataError(f"the chat template does not write the reply at {where}, message {i + 1} after its own "
+                            f"generation prompt: after {context[max(0, same - 30):same]!r} the generation prompt "
+                            f"goes on {context[same:same + 30]!r} but the rendered reply {whole[same:same + 30]!r}, "
+                            "so the reply's tokens cannot be located",
+                            hint="make the template's add_generation_prompt branch write exactly what it writes "
+                                 "before an assistant reply (the same header), or use --template chatml")
+        renderings.append(_Rendering(messages[:i + 1], whole, [(len(context), len(whole))]))
+    return renderings, multi_turn == "all"
 
 
 def _render_prompt_only(tokenizer, template: str, messages: list[dict], where: str) -> str:
@@ -295,14 +331,91 @@ def _token_spans(offsets: list[tuple[int, int]], spans: list[tuple[int, int]], w
     return result
 
 
+# A message's text may hold a special token's text (a reply quoting `<|im_end|>`): it is encoded as text, or the
+# model would learn to stop mid-answer. Message contents are located by rendering a placeholder in place of each
+# (Unicode private-use characters, which no template writes).
+_PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")
+
+
+def _special_texts(tokenizer) -> dict[int, str]:
+    """id -> text of each special token that the tokenizer reads from text as that token."""
+    return {i: t.content for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+
+
+def _content_ranges(tokenizer, template: str, rendering: _Rendering, where: str,
+                    quoted: str) -> list[tuple[int, int]]:
+    """Character ranges of the message contents in rendering.text; `quoted` says which message holds what."""
+    marked = [{**m, "content": f"\ue000{k}\ue001"} for k, m in enumerate(rendering.messages)]
+    masked = render(tokenizer, template, marked, False, where)
+    text, ranges, at = "", [], 0
+    for match in _PLACEHOLDER.finditer(masked):
+        content = rendering.messages[int(match.group(1))]["content"]
+        text += masked[at:match.start()]
+        ranges.append((len(text), len(text) + len(content)))
+        text += content
+        at = match.end()
+    if text + masked[at:] != rendering.text:
+        raise DataError(f"{quoted}, which llmkit encodes as text, but this chat template changes message contents "
+                        "as it renders them (strips or splits them), so the template's own special tokens cannot be "
+                        "told apart from the message's text",
+                        hint="remove the special-token text from that message, or use a template that writes "
+                             "message contents unchanged")
+    return ranges
+
+
+def _encode_contents_as_text(tokenizer, text: str, ids: list[int], offsets: list[tuple[int, int]],
+                             ranges: list[tuple[int, int]], special_texts: dict[int, str],
+                             quoted: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """ids and offsets of `text` with the special tokens inside message contents encoded as text (the tokenizer's
+    split_special_tokens); the template's own special tokens stay. The tokenizer already reads the text between
+    two special tokens on its own, so only such a stretch holding a message's special token is encoded again."""
+    def read_from(t):   # a special token read from its text (not, say, an unknown character's <unk>)
+        start, end = offsets[t]
+        return ids[t] in special_texts and special_texts[ids[t]] in text[start:end]
+
+    def in_content(t):
+        return any(a <= offsets[t][0] and offsets[t][1] <= b for a, b in ranges)
+
+    marks = [t for t in range(len(ids)) if read_from(t) and not in_content(t)]   # the template's own
+    new_ids, new_offsets = [], []
+    for left, right in zip([-1] + marks, marks + [len(ids)]):
+        if left >= 0:
+            new_ids.append(ids[left])
+            new_offsets.append(offsets[left])
+        if not any(read_from(t) for t in range(left + 1, right)):
+            new_ids += ids[left + 1:right]
+            new_offsets += offsets[left + 1:right]
+            continue
+        start = offsets[left][1] if left >= 0 else 0
+        end = offsets[right][0] if right < len(ids) else len(text)
+        if tokenizer(text[start:end], add_special_tokens=False)["input_ids"] != ids[left + 1:right]:
+            raise DataError(f"{quoted}, which llmkit encodes as text, but this tokenizer reads the text around it "
+                            "differently on its own than in context, so it cannot be encoded apart exactly",
+                            hint="remove the special-token text from that message")
+        piece = tokenizer(text[start:end], add_special_tokens=False, return_offsets_mapping=True,
+                          split_special_tokens=True)
+        if any(i in special_texts and special_texts[i] in text[start + a:start + b]
+               for i, (a, b) in zip(piece["input_ids"], piece["offset_mapping"])):
+            raise DataError(f"{quoted}, which llmkit encodes as text, but this tokenizer's vocabulary holds that "
+                            "text as a piece, so even as text it becomes the special token",
+                            hint="remove the special-token text from that message")
+        new_ids += piece["input_ids"]
+        new_offsets += [(a + start, b + start) for a, b in piece["offset_mapping"]]
+    return new_ids, new_offsets
+
+
 def encode_records(records: list[dict], fmt: str, tokenizer, template_name: str, template: str, cfg,
                    source: str, limit: int | None = None) -> Encoded:
     """Every record as training examples (--multi-turn, --train-on-prompt and --seq-len applied)."""
     out = Encoded(examples=[], format=fmt, template_name=template_name, template=template, records=len(records))
-    texts, spans_of, rows, trailing = [], [], [], 0
+    renderings, rows, contents, quoted, conversations, trailing, rewritten = [], [], {}, {}, 0, 0, 0
+    special_texts = _special_texts(tokenizer)
+    special_text = re.compile("|".join(re.escape(t) for t in sorted(set(special_texts.values()), key=len,
+                                                                     reverse=True))) if special_texts else None
     for row, record in enumerate(records):
-        if limit is not None and len(rows) >= limit:
+        if limit is not None and conversations >= limit:
             break
+        where = f"row {row + 1}"
         messages = to_conversation(record, fmt, cfg, row)
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
         if last is None:
@@ -311,61 +424,68 @@ def encode_records(records: list[dict], fmt: str, tokenizer, template_name: str,
         if last != len(messages) - 1:
             trailing += 1
             messages = messages[:last + 1]
-        text, spans = _spans(tokenizer, template, messages, f"row {row + 1}")
-        texts.append(text)
-        spans_of.append(spans)
-        rows.append(row)
+        conversations += 1
+        row_renderings, per_reply = _renderings(tokenizer, template, messages, cfg.multi_turn, where)
+        rewritten += per_reply
+        literal = next(((turn, found.group()) for turn, m in enumerate(messages, 1)
+                        if special_text and (found := special_text.search(m["content"]))), None)
+        if literal:
+            out.special_text.append((row, *literal))
+            quoted[row] = f"{where}, message {literal[0]} holds the text of the special token {literal[1]!r}"
+        for rendering in row_renderings:
+            if literal:
+                contents[len(renderings)] = _content_ranges(tokenizer, template, rendering, where, quoted[row])
+            renderings.append(rendering)
+            rows.append(row)
     if trailing:
         out.warnings.append(f"{source}: {trailing:,} conversation(s) end with a turn after the last assistant reply; "
                             "those trailing turns have nothing to train on and were left out")
-    if not texts:
+    if rewritten:
+        out.warnings.append(f"{source}: in {rewritten:,} conversation(s) the chat template renders earlier turns "
+                            "differently once later turns follow (it rewrites them, e.g. drops past reasoning), so "
+                            "each of their replies is trained as its own example, with the context the template "
+                            "renders when that reply is generated (as --multi-turn expand)")
+    if not renderings:
         return out
-    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    encoded = tokenizer([r.text for r in renderings], add_special_tokens=False, return_offsets_mapping=True)
     specials = special_ids(tokenizer)
     seq_len = cfg.seq_len
-    for text_ids, offsets, spans, row in zip(encoded["input_ids"], encoded["offset_mapping"], spans_of, rows):
-        ids = list(text_ids)
-        token_spans = _token_spans([tuple(o) for o in offsets], spans, f"row {row + 1}")
+    for k, (rendering, row) in enumerate(zip(renderings, rows)):
+        ids, offsets = list(encoded["input_ids"][k]), [tuple(o) for o in encoded["offset_mapping"][k]]
+        if k in contents:
+            ids, offsets = _encode_contents_as_text(tokenizer, rendering.text, ids, offsets, contents[k],
+                                                    special_texts, quoted[row])
+        token_spans = _token_spans(offsets, rendering.spans, f"row {row + 1}")
         if out.end_token_id is None and token_spans[0]:
             ends = [ids[t] for t in token_spans[0] if ids[t] in specials]
             out.end_token_id = ends[-1] if ends else -1
-        if cfg.multi_turn == "expand":
-            pieces = [(token_spans[k][-1] + 1 if token_spans[k] else 0, [k]) for k in range(len(spans))]
-        elif cfg.multi_turn == "last":
-            pieces = [(len(ids), [len(spans) - 1])]
+        if cfg.train_on_prompt:
+            labels = list(ids)
         else:
-            pieces = [(len(ids), list(range(len(spans))))]
-        for length, chosen in pieces:
-            piece = ids[:length]
-            if cfg.train_on_prompt:
-                labels = list(piece)
-            else:
-                labels = [IGNORE] * len(piece)
-                for k in chosen:
-                    for t in token_spans[k]:
-                        if t < length:
-                            labels[t] = piece[t]
-            if not any(label != IGNORE for label in labels):
-                out.dropped["no trained token"] = out.dropped.get("no trained token", 0) + 1
+            labels = [IGNORE] * len(ids)
+            for t in (t for reply in token_spans for t in reply):
+                labels[t] = ids[t]
+        if not any(label != IGNORE for label in labels):
+            out.dropped["no trained token"] = out.dropped.get("no trained token", 0) + 1
+            continue
+        if len(ids) > seq_len and cfg.multi_turn == "last":
+            # cut from the left: the earliest context goes, the final reply stays whole (every one of its
+            # tokens a target, so at least one context token before it); a reply that cannot fit is dropped
+            reply = token_spans[0]
+            if not reply or len(ids) - reply[0] + 1 > seq_len:
+                out.dropped["every answer token cut by --seq-len"] = \
+                    out.dropped.get("every answer token cut by --seq-len", 0) + 1
                 continue
-            if len(piece) > seq_len and cfg.multi_turn == "last":
-                # cut from the left: the earliest context goes, the final reply stays whole (every one of its
-                # tokens a target, so at least one context token before it); a reply that cannot fit is dropped
-                reply = token_spans[chosen[0]]
-                if not reply or len(piece) - reply[0] + 1 > seq_len:
-                    out.dropped["every answer token cut by --seq-len"] = \
-                        out.dropped.get("every answer token cut by --seq-len", 0) + 1
-                    continue
-                piece, labels = piece[-seq_len:], labels[-seq_len:]
-                out.truncated += 1
-            elif len(piece) > seq_len:
-                piece, labels = piece[:seq_len], labels[:seq_len]
-                if not any(label != IGNORE for label in labels[1:]):
-                    out.dropped["every answer token cut by --seq-len"] = \
-                        out.dropped.get("every answer token cut by --seq-len", 0) + 1
-                    continue
-                out.truncated += 1
-            out.examples.append(Example(input_ids=piece, labels=labels, row=row))
+            ids, labels = ids[-seq_len:], labels[-seq_len:]
+            out.truncated += 1
+        elif len(ids) > seq_len:
+            ids, labels = ids[:seq_len], labels[:seq_len]
+            if not any(label != IGNORE for label in labels[1:]):
+                out.dropped["every answer token cut by --seq-len"] = \
+                    out.dropped.get("every answer token cut by --seq-len", 0) + 1
+                continue
+            out.truncated += 1
+        out.examples.append(Example(input_ids=ids, labels=labels, row=row))
     if out.end_token_id == -1:
         out.end_token_id = None
     return out

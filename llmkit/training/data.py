@@ -5,7 +5,8 @@
   boundaries inside a block (the GPT-2/LLaMA pretraining recipe); no padding at all;
 - --padding-free: the same blocks, but position ids restart at each document, so transformers' attention
   (sdpa/eager/flash) keeps a block-diagonal mask: no document attends to another, and the first token of a
-  document is not predicted from the previous one. Needs a model that takes position_ids (LLaMA, Qwen, Mistral…).
+  document is not predicted from the previous one. Only for architectures that keep packed examples apart
+  (llmkit.training.packing decides, and refuses the others).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import numpy as np
 from llmkit.errors import ConfigError, DataError
 
 DATASET_META = "llmkit_dataset.json"
+ROW_KEY = "row_key"    # (split, epoch, index) of an IndexedRows row; collators pick their keys: never a model input
+SPLITS = {"train": 0, "eval": 1}
 
 
 @dataclass
@@ -144,3 +147,17 @@ class RowDataset:
     @property
     def tokens(self) -> int:
         return sum(len(r["input_ids"]) for r in self.rows)
+
+
+class IndexedRows(RowDataset):
+    """Rows that say which they are: each comes with ROW_KEY = (split, epoch, index), what the objectives' random
+    choices are a function of (objectives.row_generators). The Trainer's epoch reaches `epoch` through
+    trainer.EpochCallback; an eval set stays at epoch 0, so every evaluation masks its rows the same way."""
+
+    def __init__(self, rows: list[dict], split: str):
+        super().__init__(rows)
+        self.split = SPLITS[split]
+        self.epoch = 0
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.rows[index], ROW_KEY: (self.split, self.epoch, index)}

@@ -16,11 +16,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
 from llmkit.errors import ConfigError
+from llmkit.runtime import free_port
 
 ZERO_STAGES = (0, 1, 2, 3)
 TENSORBOARD_DIR = "tensorboard"
@@ -79,12 +79,6 @@ def zero_offload(config: dict[str, Any] | None) -> str:
     return "optimizer" if on_cpu("offload_optimizer") else "none"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ensure_single_process_env() -> str | None:
     """Set a one-process torch.distributed world when no launcher did (see the module docstring).
 
@@ -99,7 +93,7 @@ def ensure_single_process_env() -> str | None:
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     if not os.environ.get("MASTER_PORT"):
-        os.environ["MASTER_PORT"] = str(_free_port())
+        os.environ["MASTER_PORT"] = str(free_port())
     return (f"DeepSpeed without a launcher: running as a one-process world (RANK=0 WORLD_SIZE=1, "
             f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}); use `deepspeed` or `accelerate launch` "
             f"for more processes")
@@ -110,14 +104,6 @@ def is_main_process() -> bool:
     launch`, accelerate, torchrun, deepspeed), or the only process without one. Every rank runs the whole training
     command; the other ranks train and join the collectives, but write no run-dir file and print nothing."""
     return int(os.environ.get("RANK") or 0) == 0
-
-
-def quiet_deepspeed_warnings() -> None:
-    """DeepSpeed 0.19 calls torch.distributed collectives that torch 2.13 deprecates: one FutureWarning per step."""
-    import warnings
-
-    deprecated = r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated"
-    warnings.filterwarnings("ignore", message=deprecated, category=FutureWarning)
 
 
 # ------------------------------------------------------------------------------------------------- TensorBoard
@@ -151,27 +137,22 @@ def tensorboard_callback(run_dir: Path):
 # ----------------------------------------------------------------------------------------------- memory estimate
 
 def memory_forecast(cfg, model, ds_config: dict[str, Any] | None, on_gpu: bool):
-    """memory-estimate for this run (the built model's config, its batch, optimizer, levers and ZeRO stage).
+    """memory-estimate for this run: its config through the one translation `llmkit launch` and the plans use, with
+    the adapter, quantization and weight dtype read off the built model, and the ZeRO stage of its DeepSpeed config.
 
     Returns (estimate, spec). Raises LlmkitError when llmkit.modelspec cannot size the architecture.
     """
-    from llmkit.config import MemoryEstimateConfig
+    from llmkit import translate
     from llmkit.memory import estimate
     from llmkit.modelspec import from_config_dict
 
-    fields = model.config.to_dict()
-    spec = from_config_dict(fields, name=str(cfg.model), source="config")
+    spec = from_config_dict(model.config.to_dict(), name=str(cfg.model), source="config")
     attention = getattr(model.config, "_attn_implementation", None)
-    world = int(os.environ.get("WORLD_SIZE") or 1)
-    mem_cfg = MemoryEstimateConfig(
-        model=str(cfg.model), mode="train", task=_memory_task(cfg.model_task), precision=_precision(model),
-        mixed_precision=cfg.mixed_precision,
-        optimizer=cfg.optimizer, freeze_base=cfg.freeze_base, trainable_layers=cfg.trainable_layers,
-        batch_size=cfg.batch_size, seq_len=cfg.seq_len, grad_accum=cfg.grad_accum,
-        grad_checkpointing=cfg.grad_checkpointing,
+    mem_cfg = translate.memory_config(
+        cfg, zero=zero_stage(ds_config), offload=zero_offload(ds_config),
+        gpus=int(os.environ.get("WORLD_SIZE") or 1), overhead=None if on_gpu else "0",
         attention="flash" if str(attention).startswith("flash") else "eager" if attention == "eager" else "sdpa",
-        zero=zero_stage(ds_config), offload=zero_offload(ds_config), gpus=max(world, 1), nodes=1,
-        overhead=None if on_gpu else "0", **adapter_memory_fields(model))
+        adapter=adapter_memory_fields(model), precision=_precision(model))
     return estimate(mem_cfg, spec=spec, with_plans=False), spec
 
 
@@ -220,9 +201,3 @@ def _precision(model) -> str:
     import torch
 
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(model.dtype, "fp32")
-
-
-def _memory_task(task: str) -> str:
-    """memory-estimate's task for a training task: token-cls and extractive-qa heads are a linear layer on the
-    hidden states, sized like seq-cls's (a few labels), not like a vocabulary head."""
-    return "seq-cls" if task in ("token-cls", "extractive-qa") else task

@@ -2,8 +2,11 @@
 
 Every collator returns the model's inputs plus `labels` aligned with the inputs (-100 = no loss); decoder-only
 objectives (causal-lm, prefix-lm) shift inside `token_loss`, as transformers' own causal-LM loss does. Randomness
-(masking, spans, prefix split) draws from torch's global generator, which the Trainer seeds and restores on
-resume, so a resumed run sees the same batches as an uninterrupted one.
+(masking, spans, prefix split) is a pure function of the run seed and each row's split, epoch and index
+(`row_generators`), never of a global generator: a resumed run, which skips batches without collating them, sees
+the same batches as an uninterrupted one, the dropout RNG the Trainer restores is not drawn from by collation,
+every evaluation masks alike (a deterministic eval loss), and the ranks of a launch, reading different rows, mask
+differently.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import numpy as np
 import torch
 
 from llmkit.errors import ConfigError
+from llmkit.training.data import ROW_KEY
 
 NUM_TOKENS = "num_tokens"   # non-pad tokens of a batch: popped before the model sees the batch
 SHIFTED = {"causal-lm": True, "prefix-lm": True, "masked-lm": False, "seq2seq": False}
@@ -23,10 +27,13 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor, shift: bool, num_item
     With the Trainer's `num_items_in_batch` (counted over all micro-batches of a gradient-accumulation window),
     k micro-batches of b give exactly the loss and gradients of one batch of k*b, however the targets are spread.
     """
-    if logits.shape[-2] > labels.shape[-1]:   # prompt/p-tuning prepend virtual tokens: they carry no target
-        logits = logits[..., -labels.shape[-1]:, :]
-    if shift:
-        logits, labels = logits[..., :-1, :], labels[..., 1:]
+    # the labels move, never the logits: a slice of the (batch, length, vocab) logits would be copied whole, in the
+    # forward and again in the backward (about 7 % of a small model's step)
+    virtual = logits.shape[-2] - labels.shape[-1]   # prompt/p-tuning prepend virtual tokens: they carry no target
+    if virtual > 0 or shift:
+        labels = torch.nn.functional.pad(labels, (max(virtual, 0), 1 if shift else 0), value=-100)
+        if shift:
+            labels = labels[..., 1:]
     total = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                               ignore_index=-100, reduction="sum")
     count = num_items if num_items is not None else labels.ne(-100).sum()
@@ -45,11 +52,16 @@ def make_loss(objective: str):
     return compute
 
 
-def _seed() -> int:
-    return int(torch.randint(0, 2**31 - 1, (1,)).item())
+def row_generators(features: list[dict], seed: int) -> list[np.random.Generator]:
+    """One generator per row, seeded (numpy's SeedSequence: stable across processes, unlike hash()) from the run
+    seed and the row's ROW_KEY, so a row's random choices depend neither on what was drawn before it nor on the
+    rows it is batched with. Rows without a key (a collator called directly) are numbered by their place."""
+    return [np.random.default_rng([seed, *f.get(ROW_KEY, (i,))]) for i, f in enumerate(features)]
 
 
-class _Collator:
+class BatchCollator:
+    """What every llmkit collator shares: padding rows to the batch's width, and the count of tokens trained on."""
+
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
         self.tokens_seen = 0          # non-pad tokens trained on (counted by LlmkitTrainer.training_step)
@@ -62,7 +74,7 @@ class _Collator:
         return out
 
 
-class CausalLMCollator(_Collator):
+class CausalLMCollator(BatchCollator):
     """Next-token prediction over whole rows; pads carry no loss. Rows with position_ids (padding-free packing)
     are full blocks: no attention mask is passed, so transformers builds a block-diagonal causal mask from the
     restarting position ids (it does so only without a KV cache, hence use_cache=False), and each document's
@@ -98,12 +110,12 @@ def continuation_table(tokenizer) -> torch.Tensor:
     return table
 
 
-class MaskedLMCollator(_Collator):
+class MaskedLMCollator(BatchCollator):
     """BERT masking: choose `mlm_probability` of the tokens (or of the words), replace `mask_replace_prob` of them
     with the mask token and `random_replace_prob` with a random token, leave the rest; loss only on the chosen."""
 
     def __init__(self, tokenizer, mlm_probability=0.15, mask_replace_prob=0.8, random_replace_prob=0.1,
-                 whole_word_masking=False):
+                 whole_word_masking=False, seed: int = 0):
         if tokenizer.mask_token_id is None:
             raise ConfigError("--objective masked-lm needs a mask token, and this tokenizer has none",
                               hint="add one: tokenizer.add_special_tokens({'mask_token': '[MASK]'}) (or '<mask>'), "
@@ -114,6 +126,7 @@ class MaskedLMCollator(_Collator):
         self.special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         self.p, self.p_mask, self.p_random = mlm_probability, mask_replace_prob, random_replace_prob
         self.continuation = continuation_table(tokenizer) if whole_word_masking else None
+        self.seed = seed
 
     def __call__(self, features: list[dict]) -> dict:
         ids = [list(f["input_ids"]) for f in features]
@@ -121,7 +134,13 @@ class MaskedLMCollator(_Collator):
         attention_mask = self._pad([[1] * len(s) for s in ids], 0)
         n_tokens = int(attention_mask.sum())
         eligible = (attention_mask == 1) & ~torch.isin(input_ids, self.special)
-        draw = torch.rand(input_ids.shape)
+        # per row: which tokens are chosen, what each chosen one becomes, the random replacements (pads: never chosen)
+        draw, how = np.ones(input_ids.shape), np.ones(input_ids.shape)
+        random_ids = np.zeros(input_ids.shape, dtype=np.int64)
+        for row, (s, rng) in enumerate(zip(ids, row_generators(features, self.seed))):
+            draw[row, :len(s)], how[row, :len(s)] = rng.random(len(s)), rng.random(len(s))
+            random_ids[row, :len(s)] = rng.integers(self.vocab_size, size=len(s))
+        draw, how, random_ids = torch.from_numpy(draw), torch.from_numpy(how), torch.from_numpy(random_ids)
         if self.continuation is not None:
             # every token takes the draw of the first token of its word
             starts = ~self.continuation[input_ids]
@@ -130,11 +149,10 @@ class MaskedLMCollator(_Collator):
             draw = draw.gather(1, word_start)
         chosen = eligible & (draw < self.p)
         labels = input_ids.masked_fill(~chosen, -100)
-        how = torch.rand(input_ids.shape)
         to_mask = chosen & (how < self.p_mask)
         to_random = chosen & (how >= self.p_mask) & (how < self.p_mask + self.p_random)
         input_ids = input_ids.masked_fill(to_mask, self.mask_id)
-        input_ids = torch.where(to_random, torch.randint(self.vocab_size, input_ids.shape), input_ids)
+        input_ids = torch.where(to_random, random_ids, input_ids)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, NUM_TOKENS: n_tokens}
 
 
@@ -176,16 +194,18 @@ def random_spans_noise_mask(length: int, noise_density: float, mean_span_length:
     return np.cumsum(indicator) % 2 == 1
 
 
-class Seq2SeqCollator(_Collator):
+class Seq2SeqCollator(BatchCollator):
     """T5 span corruption: the encoder reads the text with each corrupted span replaced by one sentinel; the decoder
     writes sentinel + span for every span, then eos. Loss on the decoder side only."""
 
-    def __init__(self, tokenizer, noise_density: float, mean_span_length: float, decoder_start_token_id: int):
+    def __init__(self, tokenizer, noise_density: float, mean_span_length: float, decoder_start_token_id: int,
+                 seed: int = 0):
         super().__init__(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         self.eos = tokenizer.eos_token_id
         self.density, self.mean_span = noise_density, mean_span_length
         self.start = decoder_start_token_id
         self.tokenizer = tokenizer
+        self.seed = seed
         self._sentinels: list[int] = []
 
     def sentinel(self, i: int) -> int:
@@ -208,8 +228,8 @@ class Seq2SeqCollator(_Collator):
         return inputs + [self.eos], targets + [self.eos]
 
     def __call__(self, features: list[dict]) -> dict:
-        rng = np.random.default_rng(_seed())
-        pairs = [self.corrupt(list(f["input_ids"]), rng) for f in features]
+        rngs = row_generators(features, self.seed)
+        pairs = [self.corrupt(list(f["input_ids"]), rng) for f, rng in zip(features, rngs)]
         input_ids = self._pad([p[0] for p in pairs], self.pad_id)
         attention_mask = self._pad([[1] * len(p[0]) for p in pairs], 0)
         labels = self._pad([p[1] for p in pairs], -100)
@@ -235,18 +255,19 @@ def prefix_lm_mask(lengths: list[int], prefix_lengths: list[int], width: int, dt
     return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
-class PrefixLMCollator(_Collator):
+class PrefixLMCollator(BatchCollator):
     """Prefix-LM on a decoder-only model (the GLM way): each document is split at a random point; the prefix
     attends bidirectionally through a 4D attention mask, and only the target part (ending with eos) has loss."""
 
-    def __init__(self, pad_id: int, dtype=torch.float32):
+    def __init__(self, pad_id: int, dtype=torch.float32, seed: int = 0):
         super().__init__(pad_id)
         self.dtype = dtype
+        self.seed = seed
 
     def __call__(self, features: list[dict]) -> dict:
         ids = [list(f["input_ids"]) for f in features]
-        rng = np.random.default_rng(_seed())
-        prefixes = [int(rng.integers(1, len(s))) for s in ids]      # 1 .. len-1: at least one target token
+        # 1 .. len-1: at least one target token
+        prefixes = [int(rng.integers(1, len(s))) for s, rng in zip(ids, row_generators(features, self.seed))]
         input_ids = self._pad(ids, self.pad_id)
         width = input_ids.shape[1]
         labels = torch.full_like(input_ids, -100)

@@ -178,6 +178,7 @@ class AdapterPlan:
         if self.quantization_config is not None:
             from peft import prepare_model_for_kbit_training
 
+            keep_4bit_layers_differentiable(model)
             model = prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=cfg.grad_checkpointing,
                 gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -254,6 +255,25 @@ class AdapterPlan:
                                        **common)
 
 
+def keep_4bit_layers_differentiable(model) -> None:
+    """Keep every bitsandbytes 4-bit layer on its dequantize-and-matmul path, the one with a backward.
+
+    On a CPU with AVX512-BF16, bitsandbytes repacks a Linear4bit's weight for its inference kernel the first time
+    the layer runs in eval mode on an input without grad (the probe below, `--eval-split`'s evaluations), and uses
+    that kernel for every later forward, training ones included. It has no backward: from then on nothing upstream
+    of a 4-bit layer gets a gradient (LoRA on q/v learns nothing). The repacking cannot be undone faithfully either
+    (it rounds the block scales to bf16, and bitsandbytes 0.50's inverse leaves them transposed without double
+    quantization), so it is switched off right after loading, before any forward."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            if getattr(module.weight.quant_state, "packing_format_for_cpu", False):
+                raise RuntimeError(f"{type(module).__name__} weights were repacked for inference by a forward "
+                                   "that ran before the QLoRA setup")
+            module.support_avx512bf16_for_cpu = False
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -323,7 +343,9 @@ def run_peft(cfg: PeftConfig, reporter: Reporter | None = None, callbacks: list 
     """Train the adapter through `sft` (--objective sft, any --task) or `pretrain` (another objective); the run
     dir is that run's, with the adapter in RUN/adapter and the peft command's own resolved config and manifest."""
     reporter = reporter or SilentReporter()
-    _quiet_library_warnings()
+    from llmkit.runtime import quiet_peft_notices
+
+    quiet_peft_notices()
     training_cfg = cfg.training_config()
     plan = AdapterPlan(cfg, tokenizer_source=cfg.tokenizer or cfg.model,
                        quantization_config=quantization_config(cfg), reporter=reporter)
@@ -345,14 +367,6 @@ def run_peft(cfg: PeftConfig, reporter: Reporter | None = None, callbacks: list 
         raise
     _record_run(cfg, plan, result)
     return _peft_result(cfg, plan, result)
-
-
-def _quiet_library_warnings() -> None:
-    """Library notices that say nothing to a user of this command (each was checked to be harmless here)."""
-    import warnings
-
-    # peft's k-bit preparation asks transformers 5 a deprecated question; the answer is right
-    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def _record_run(cfg: PeftConfig, plan: AdapterPlan, result) -> None:

@@ -194,12 +194,13 @@ def make_collator(cfg: PretrainConfig, tokenizer, model):
     if cfg.objective == "causal-lm":
         return o.CausalLMCollator(pad)
     if cfg.objective == "prefix-lm":
-        return o.PrefixLMCollator(pad, dtype=next(model.parameters()).dtype)
+        return o.PrefixLMCollator(pad, dtype=next(model.parameters()).dtype, seed=cfg.seed)
     if cfg.objective == "masked-lm":
         return o.MaskedLMCollator(tokenizer, cfg.mlm_probability, cfg.mask_replace_prob, cfg.random_replace_prob,
-                                  cfg.whole_word_masking)
+                                  cfg.whole_word_masking, seed=cfg.seed)
     start = getattr(model.config, "decoder_start_token_id", None)
-    return o.Seq2SeqCollator(tokenizer, cfg.noise_density, cfg.mean_span_length, pad if start is None else start)
+    return o.Seq2SeqCollator(tokenizer, cfg.noise_density, cfg.mean_span_length, pad if start is None else start,
+                             seed=cfg.seed)
 
 
 # ---------------------------------------------------------------------------------------------------- the run
@@ -291,9 +292,13 @@ def _run_pretrain(cfg: PretrainConfig, reporter: Reporter | None, callbacks: lis
     if cfg.grad_checkpointing and not model.supports_gradient_checkpointing:
         raise ConfigError(f"{type(model).__name__} does not support --grad-checkpointing",
                           hint="drop --grad-checkpointing")
+    if cfg.padding_free:
+        from llmkit.training.packing import check_packing_support
+
+        check_packing_support(model, "--padding-free")
 
     from llmkit.training import trainer as t
-    from llmkit.training.data import RowDataset
+    from llmkit.training.data import IndexedRows
     from llmkit.training.objectives import make_loss
 
     if adapt_model is not None:
@@ -304,9 +309,12 @@ def _run_pretrain(cfg: PretrainConfig, reporter: Reporter | None, callbacks: lis
     metrics_file = rundir.start(run, dump_yaml(cfg), cfg.overwrite, resume_from)
 
     collator = make_collator(cfg, tokenizer, model)
-    train_set, eval_set = RowDataset(train_rows), RowDataset(eval_rows) if eval_rows else None
+    # rows with their (split, epoch, index): the objectives' randomness is a function of them (exact resume)
+    train_set, eval_set = IndexedRows(train_rows, "train"), IndexedRows(eval_rows, "eval") if eval_rows else None
     if ds_config is not None:
-        integrations.quiet_deepspeed_warnings()
+        from llmkit.runtime import quiet_deepspeed_notices
+
+        quiet_deepspeed_notices()
         world = integrations.ensure_single_process_env()
         if world:
             reporter.info(world)
@@ -320,7 +328,7 @@ def _run_pretrain(cfg: PretrainConfig, reporter: Reporter | None, callbacks: lis
                               compute_loss_func=make_loss(cfg.objective), objective=cfg.objective)
     outcome = t.train_and_save(trainer, run=run, collator=collator, tokenizer=tokenizer, reporter=reporter,
                                metrics_file=metrics_file, resume_from=resume_from, report_to=cfg.report_to,
-                               eval_before=eval_before, callbacks=callbacks)
+                               eval_before=eval_before, callbacks=[t.EpochCallback(train_set), *(callbacks or [])])
     status, initial, final_eval, model_dir = outcome.status, outcome.initial_eval, outcome.final_eval, outcome.model_dir
     tokens, rate = outcome.tokens, outcome.tokens_per_second
     seconds, files = record_run(

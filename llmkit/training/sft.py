@@ -22,7 +22,8 @@ from llmkit.config import SFTConfig
 from llmkit.configio import dump_yaml
 from llmkit.data import sft as sftdata
 from llmkit.errors import ConfigError
-from llmkit.training.objectives import NUM_TOKENS, _Collator
+from llmkit.training.objectives import NUM_TOKENS, BatchCollator
+from llmkit.training.packing import check_packing_support
 from llmkit.ui import Reporter, SilentReporter
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 # -------------------------------------------------------------------------------------------------- collators
 
-class SFTCollator(_Collator):
+class SFTCollator(BatchCollator):
     """Right padding; labels -100 on padding (by position: pad may equal eos)."""
 
     def __call__(self, features: list[dict]) -> dict:
@@ -43,7 +44,7 @@ class SFTCollator(_Collator):
                 NUM_TOKENS: int(attention_mask.sum())}
 
 
-class PackedSFTCollator(_Collator):
+class PackedSFTCollator(BatchCollator):
     """Packed blocks, one row each: position ids restart per example, so transformers builds a block-diagonal causal
     mask (no attention across examples; only without a KV cache, hence use_cache=False). A block shorter than the
     longest in the batch is topped up with pad tokens that form their own segment (positions from 0, label -100): no
@@ -64,21 +65,6 @@ class PackedSFTCollator(_Collator):
         labels = torch.as_tensor(labels, dtype=torch.long).masked_fill(position_ids == 0, sftdata.IGNORE)
         return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels, "use_cache": False,
                 NUM_TOKENS: sum(len(f["input_ids"]) for f in features)}
-
-
-def check_packing_support(model) -> None:
-    import inspect
-
-    kind = getattr(model.config, "model_type", None)
-    name = type(model).__name__ + (f" (model type {kind})" if kind else "")
-    if "position_ids" not in inspect.signature(model.forward).parameters:
-        raise ConfigError(f"--pack needs a model that takes position_ids (to restart them per example and keep "
-                          f"packed examples apart); {name} does not, so it cannot train padding-free batches",
-                          hint="drop --pack (examples are then padded per batch)")
-    impl = getattr(model.config, "_attn_implementation", None) or "eager"
-    if impl not in ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"):
-        raise ConfigError(f"--pack: {name} uses attention '{impl}', which cannot keep packed examples apart",
-                          hint="drop --pack")
 
 
 # ------------------------------------------------------------------------------------------------------ results
@@ -175,7 +161,8 @@ def preview_sft(cfg: SFTConfig, warn=None) -> list[PreviewExample]:
 
 def check_sft(cfg: SFTConfig) -> CheckResult:
     """Lints before training: pad == eos, the end-of-turn token against eos and generation_config, a double BOS,
-    truncation that cuts every answer, examples with no trained token, padding side."""
+    truncation that cuts every answer, examples with no trained token, special-token text inside messages, padding
+    side."""
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -246,6 +233,12 @@ def check_sft(cfg: SFTConfig) -> CheckResult:
         add("no_trained_token", "warning" if encoded.examples else "error",
             f"{untrained:,} example(s) have no token to train on and are dropped "
             f"({', '.join(f'{n:,} {why}' for why, n in encoded.dropped.items())})")
+    if encoded.special_text:
+        row, turn, text = encoded.special_text[0]
+        add("special_text", "warning",
+            f"{len(encoded.special_text):,} conversation(s) have a special token's text inside a message (first: "
+            f"{cfg.data} row {row + 1}, message {turn} holds {text!r}): llmkit encodes it as text, not as the token, "
+            "so the model does not learn to stop or start a turn there; other tools may not, so check the data")
     if tokenizer.padding_side == "left":
         add("padding_side", "warning", "the tokenizer pads on the left; llmkit sft pads training batches on the "
             "right (masks by attention), and saves the tokenizer as it is: left padding suits batched generation")
@@ -285,7 +278,7 @@ def _run_sft(cfg: SFTConfig, reporter: Reporter, callbacks: list | None = None,
     warnings: list[str] = []
     from llmkit.training import integrations, rundir
     from llmkit.training import trainer as t
-    from llmkit.training.data import RowDataset, split_eval
+    from llmkit.training.data import RowDataset
     from llmkit.training.objectives import make_loss
     from llmkit.training.pretrain import (TrainingInterrupted, build_scratch_model, load_model_and_tokenizer,
                                           memory_forecast, open_run, record_run)
@@ -300,7 +293,7 @@ def _run_sft(cfg: SFTConfig, reporter: Reporter, callbacks: list | None = None,
     warnings.extend(encoded.warnings)
     train_examples, eval_examples = encoded.examples, None
     if cfg.eval_split is not None:
-        train_examples, eval_examples = split_eval(encoded.examples, cfg.eval_split, cfg.seed)
+        train_examples, eval_examples = split_conversations(encoded.examples, cfg.eval_split, cfg.seed)
     elif cfg.eval_data:
         eval_encoded = sftdata.encode_source(cfg, tokenizer, name, template, cfg.eval_data)
         warnings.extend(eval_encoded.warnings)
@@ -314,7 +307,7 @@ def _run_sft(cfg: SFTConfig, reporter: Reporter, callbacks: list | None = None,
         raise ConfigError(f"{type(model).__name__} does not support --grad-checkpointing",
                           hint="drop --grad-checkpointing")
     if cfg.pack:
-        check_packing_support(model)
+        check_packing_support(model, "--pack")
     if adapt_model is not None:
         model = adapt_model(model)
 
@@ -334,7 +327,9 @@ def _run_sft(cfg: SFTConfig, reporter: Reporter, callbacks: list | None = None,
     eval_set = RowDataset([{"input_ids": e.input_ids, "labels": e.labels} for e in eval_examples]) \
         if eval_examples else None
     if ds_config is not None:
-        integrations.quiet_deepspeed_warnings()
+        from llmkit.runtime import quiet_deepspeed_notices
+
+        quiet_deepspeed_notices()
         world = integrations.ensure_single_process_env()
         if world:
             reporter.info(world)
@@ -392,6 +387,17 @@ def _run_sft(cfg: SFTConfig, reporter: Reporter, callbacks: list | None = None,
     if outcome.interrupted:
         raise TrainingInterrupted(result)
     return result
+
+
+def split_conversations(examples: list[sftdata.Example], eval_split: float,
+                        seed: int) -> tuple[list[sftdata.Example], list[sftdata.Example]]:
+    """--eval-split holds out whole conversations: every example of a record (the replies --multi-turn expand
+    makes of it) lands on the same side, so no held-out turn is trained on."""
+    from llmkit.training.data import split_eval
+
+    _, eval_rows = split_eval(list(dict.fromkeys(e.row for e in examples)), eval_split, seed)
+    held = set(eval_rows)
+    return [e for e in examples if e.row not in held], [e for e in examples if e.row in held]
 
 
 def _padded_eval_loader(trainer, eval_set, pad: int):

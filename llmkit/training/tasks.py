@@ -22,7 +22,7 @@ from llmkit.config import SFTConfig
 from llmkit.configio import dump_yaml
 from llmkit.data import tasks as taskdata
 from llmkit.errors import ConfigError
-from llmkit.training.objectives import NUM_TOKENS, _Collator
+from llmkit.training.objectives import NUM_TOKENS, BatchCollator
 from llmkit.training.trainer import LlmkitTrainer
 from llmkit.ui import Reporter, SilentReporter
 
@@ -62,7 +62,7 @@ class TaskResult:
     warnings: list[str] = field(default_factory=list)
 
 
-class TaskCollator(_Collator):
+class TaskCollator(BatchCollator):
     """Right padding of the model inputs; token labels padded with -100; float labels for a regression."""
 
     def __init__(self, pad_id: int, regression: bool = False):
@@ -288,7 +288,9 @@ def _run_task(cfg: SFTConfig, reporter: Reporter, callbacks: list | None, adapt_
     train_set = RowDataset(train.rows)
     eval_set = RowDataset(evaluation.rows) if evaluation else None
     if ds_config is not None:
-        integrations.quiet_deepspeed_warnings()
+        from llmkit.runtime import quiet_deepspeed_notices
+
+        quiet_deepspeed_notices()
         world = integrations.ensure_single_process_env()
         if world:
             reporter.info(world)

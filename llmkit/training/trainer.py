@@ -4,6 +4,7 @@ evaluation with perplexity, metrics and progress through the Reporter, and Ctrl-
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import signal
 import time
@@ -188,6 +189,23 @@ class LlmkitTrainer(Trainer):
     def __init__(self, *args, objective: str = "causal-lm", **kwargs):
         super().__init__(*args, **kwargs)
         self.shift = SHIFTED[objective]
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The micro-batches of one optimizer step and the number of loss targets in all of them (every rank's,
+        under a launcher with average_tokens_across_devices), the divisor of `token_loss`. transformers counts
+        labels[..., 1:] only for models whose `loss_type` is its causal-LM loss; GPT-2 and the other models without
+        one would count position 0 of every row, shrinking the loss by targets/(targets + rows). The objective
+        says whether llmkit's loss shifts."""
+        if self.compute_loss_func is None:   # the model computes its own loss (task heads): transformers counts
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        batches = list(itertools.islice(epoch_iterator, num_batches))
+        if not batches:
+            return batches, None
+        targets = sum((b["labels"][..., 1:] if self.shift else b["labels"]).ne(-100).sum() for b in batches)
+        targets = targets.to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            targets = self.accelerator.gather(targets).sum()   # compute_loss then scales by the number of ranks
+        return batches, targets
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         # tokens actually trained on (the dataloader may collate a batch ahead; counting here is exact)
@@ -420,6 +438,18 @@ class RunCallback(TrainerCallback):
             self.eval_rows.append(row)
             self.reporter.info(f"step {state.global_step}  eval loss {row['eval_loss']:.4f}  "
                                f"perplexity {row['perplexity']:,.2f}")
+
+
+class EpochCallback(TrainerCallback):
+    """Gives a data.IndexedRows training set the Trainer's epoch. on_epoch_begin comes before the epoch's dataloader
+    is iterated (its one-batch prefetch stays inside the epoch; dataloader_num_workers=0 reads rows in this
+    process), and on resume the state is the checkpoint's, whose epoch's integer part is the epoch resumed in."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.epoch = int(state.epoch or 0)
 
 
 def any_rank(flag: bool, device=None) -> bool:

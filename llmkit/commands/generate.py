@@ -1,7 +1,10 @@
 """`llmkit generate`: complete a prompt, answer a message, chat, or run a JSONL batch; fill masks with a masked LM."""
 
+import contextlib
 import re
 import sys
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -138,13 +141,13 @@ def generate(
         pooling=pooling, normalize=normalize),
         print_config, json_)
     report = reporter(json_)
-    from llmkit.task_inference import detect_task
+    from llmkit.inference.heads import detect_task
 
     cfg = detect_task(cfg)
     if cfg.task in ANALYSIS_TASKS:
         _task(cfg, report, json_)
         return
-    from llmkit.generate import Generator
+    from llmkit.inference.generator import Generator
 
     generator = Generator(cfg, report)
     if cfg.chat:
@@ -157,7 +160,7 @@ def generate(
 
 def _task(cfg: GenerateConfig, report, json_: bool) -> None:
     """text-classification, token-classification, question-answering, feature-extraction."""
-    from llmkit.task_inference import run_task_batch, run_task_prompt
+    from llmkit.inference.heads import run_task_batch, run_task_prompt
 
     if cfg.input is not None:
         result = run_task_batch(cfg, report)
@@ -202,7 +205,7 @@ def _unescape(text: str) -> str:
 
 
 def _single(cfg: GenerateConfig, generator, report, json_: bool) -> None:
-    from llmkit.generate import FillMaskResult, run_prompt
+    from llmkit.inference.generator import FillMaskResult, run_prompt
 
     if json_ or generator.task == "fill-mask":
         result = run_prompt(cfg, generator)
@@ -266,7 +269,7 @@ def _render_fill_mask(result, json_: bool) -> None:
 
 
 def _batch(cfg: GenerateConfig, generator, report, json_: bool) -> None:
-    from llmkit.generate import run_batch
+    from llmkit.inference.batch import run_batch
 
     result = run_batch(cfg, generator, report)
     if json_:
@@ -280,7 +283,7 @@ def _batch(cfg: GenerateConfig, generator, report, json_: bool) -> None:
 def _chat(cfg: GenerateConfig, generator, json_: bool) -> None:
     import threading
 
-    from llmkit.generate import ChatSession, interrupt_as_event, read_turns
+    from llmkit.inference.chat import ChatSession
 
     session = ChatSession(generator, cfg.system)
     interactive = sys.stdin.isatty()
@@ -311,3 +314,36 @@ def _chat(cfg: GenerateConfig, generator, json_: bool) -> None:
     if json_:
         emit_json({"model": generator.name, "params": session.params(), "messages": session.conversation(),
                    "turns": session.turns})
+
+
+# ------------------------------------------------------------------------------------ the terminal REPL's parts
+
+@contextlib.contextmanager
+def interrupt_as_event(event: threading.Event):
+    """While generating in chat: Ctrl-C sets `event` (the answer stops) instead of raising KeyboardInterrupt."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, lambda signum, frame: event.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def read_turns(stream, interactive: bool, prompt: Callable[[], str] | None = None) -> Iterable[str]:
+    """User turns: `input()` at a terminal (Ctrl-C clears the line, Ctrl-D leaves), else one line per turn."""
+    if not interactive:
+        for line in stream:
+            yield line.rstrip("\r\n")
+        return
+    while True:
+        try:
+            yield input(prompt() if prompt else "")
+        except EOFError:
+            return
+        except KeyboardInterrupt:
+            continue

@@ -1,6 +1,6 @@
-"""Presets shipped with llmkit: presets/<kind>/<name>.yaml|json, read through importlib.resources.
+"""Presets shipped with llmkit: llmkit/presets/<kind>/<name>.yaml|json, read through importlib.resources.
 
-This package is installed as llmkit.presets; its files are the presets and this module is their loader.
+The files beside this module are the presets (package data in the wheel); this module is their loader.
 """
 
 from __future__ import annotations

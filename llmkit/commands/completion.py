@@ -21,21 +21,18 @@ def register(app: typer.Typer) -> None:
 
 
 @cli_command
-def completion(shell: Annotated[str, typer.Argument(help="bash | zsh | fish.")]) -> None:
+def completion(ctx: typer.Context, shell: Annotated[str, typer.Argument(help="bash | zsh | fish.")]) -> None:
     """Print a shell completion script (see README: Shell completion)."""
     from llmkit.errors import ConfigError
 
     if shell not in SHELLS:
         raise ConfigError(f"unknown shell '{shell}'", hint=f"choose one of {', '.join(SHELLS)}")
-    typer.echo(generate(shell), nl=False)
+    typer.echo(generate(shell, ctx.find_root().command), nl=False)
 
 
-def command_tree() -> dict[str, dict]:
-    """{"path words": {"subcommands": {name: help}, "options": [(names, help, choices, takes_value)]}}."""
-    from typer.main import get_command
-
-    from llmkit.commands import app
-
+def command_tree(root) -> dict[str, dict]:
+    """{"path words": {"subcommands": {name: help}, "options": [(names, help, choices, takes_value)]}} of the
+    click command `root` (the `llmkit` group)."""
     tree: dict[str, dict] = {}
 
     # Typer ships its own copy of click, so the tree is read by duck typing: groups have `commands`, options `opts`.
@@ -56,7 +53,7 @@ def command_tree() -> dict[str, dict]:
                 walk(sub, f"{path} {name}".strip())
         tree[path] = entry
 
-    walk(get_command(app), "")
+    walk(root, "")
     return tree
 
 
@@ -78,8 +75,9 @@ def _first_line(text) -> str:
     return (text or "").strip().splitlines()[0].replace("'", "").replace('"', "") if text else ""
 
 
-def generate(shell: str) -> str:
-    tree = command_tree()
+def generate(shell: str, root) -> str:
+    """The completion script for `shell` of the click command tree under `root`."""
+    tree = command_tree(root)
     return {"bash": _bash, "zsh": _zsh, "fish": _fish}[shell](tree)
 
 

@@ -3,12 +3,14 @@
 Light: planning, the files and the memory figures never import torch; the run itself is a child process.
 """
 
+import inspect
 from typing import Annotated, Optional
 
 import typer
 
-from llmkit.commands._options import ConfigOpt, JsonOpt, PresetOpt, PrintConfigOpt, option
-from llmkit.commands._runtime import build_config, cli_command, console, emit_json, examples, reporter
+from llmkit.commands._options import config_command
+from llmkit.commands._runtime import console, emit_json, examples, reporter, resolve_command_line
+from llmkit.config import LaunchConfig
 from llmkit.ui import format_bytes
 
 EPILOG = examples(
@@ -22,53 +24,18 @@ EPILOG = examples(
     "-- llmkit pretrain --model ./base --data corpus.jsonl -o runs/big",
 )
 
-_PANEL = "Processes and nodes"
-
-
-def _opt(flag: str, help_: str, type_=str, panel: Optional[str] = None):
-    return Annotated[Optional[type_], option(flag, help=help_, panel=panel)]
-
 
 def register(app: typer.Typer) -> None:
     app.command("launch", epilog=EPILOG)(launch)
 
 
-@cli_command
-def launch(
-    command: Annotated[Optional[list[str]], typer.Argument(
-        help="The training command every process runs, after --: llmkit pretrain|sft|peft ...",
-        metavar="-- COMMAND...", show_default=False)] = None,
-    strategy: _opt("--strategy", "ddp | zero1 | zero2 | zero3 | zero2-offload | zero3-offload | fsdp | auto "
-                                 "(auto: the cheapest that fits --gpu-memory). Default ddp.") = None,
-    num_processes: _opt("--num-processes", "Processes per node (default: the visible GPUs, or 2 with --cpu).",
-                        int, _PANEL) = None,
-    nodes: _opt("--nodes", "Nodes (machines) in the job (default 1).", int, _PANEL) = None,
-    node_rank: _opt("--node-rank", "This node's rank, 0..nodes-1 (default 0).", int, _PANEL) = None,
-    main_ip: _opt("--main-ip", "Node 0's address, which every node connects to (needed with --nodes > 1).",
-                  str, _PANEL) = None,
-    main_port: _opt("--main-port", "Node 0's port (default 29500; one node: a free one if that is taken).", int,
-                    _PANEL) = None,
-    hostfile: _opt("--hostfile", "`host slots=N` per line: the nodes, the main address (the first host) and the "
-                                 "processes per node.", str, _PANEL) = None,
-    mixed_precision: _opt("--mixed-precision", "no | fp16 | bf16 (default: the training command's own; fp16 "
-                                               "needs GPUs).") = None,
-    offload_device: _opt("--offload-device", "cpu | nvme: where the *-offload strategies put optimizer state "
-                                             "(and parameters) (default cpu).") = None,
-    nvme_path: _opt("--nvme-path", "A directory on a local NVMe disk, for --offload-device nvme.") = None,
-    cpu: _opt("--cpu", "Processes on CPUs with gloo: for machines without GPUs, and for tests.", bool,
-              _PANEL) = None,
-    gpu_memory: _opt("--gpu-memory", "One GPU's memory (with --cpu: one process's budget), e.g. 80GiB: "
-                                     "--strategy auto chooses the cheapest strategy that fits it.") = None,
-    threads_per_process: _opt("--threads-per-process", "OMP_NUM_THREADS of every process (default with --cpu: "
-                                                       "cores // processes).", int, _PANEL) = None,
-    timeout: _opt("--timeout", "Seconds a node other than 0 waits for node 0's address (default 120).",
-                  float, _PANEL) = None,
-    write_config: _opt("--write-config", "Write the accelerate config, the DeepSpeed JSON and (several nodes) a "
-                                         "hostfile, one command per node and a SLURM script into DIR, and "
-                                         "exit.") = None,
-    dry_run: _opt("--dry-run", "Print the exact command(s) and the per-rank memory, and exit.", bool) = None,
-    preset: PresetOpt = None, config: ConfigOpt = None, print_config: PrintConfigOpt = False, json_: JsonOpt = False,
-) -> None:
+@config_command(LaunchConfig, extra=(
+    inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
+    inspect.Parameter("command", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[list[str]], typer.Argument(help="The training command every process runs, after --: llmkit "
+                                                 "pretrain|sft|peft ...", metavar="-- COMMAND...",
+                                            show_default=False)])))
+def launch(cfg: LaunchConfig, json_: bool, ctx: typer.Context, command: Optional[list[str]]) -> None:
     """Run a training command (pretrain, sft, peft) on several processes or nodes with accelerate and DeepSpeed.
 
     Every process runs the command after -- with this same llmkit installation; RANK 0 writes the run dir and
@@ -78,20 +45,17 @@ def launch(
     plan as one JSON document; a real run passes --json to the training command, whose result is then the one
     document on stdout.
     """
-    from llmkit.config import LaunchConfig
-
-    cfg = build_config(LaunchConfig, preset, config, dict(
-        strategy=strategy, num_processes=num_processes, nodes=nodes, node_rank=node_rank, main_ip=main_ip,
-        main_port=main_port, hostfile=hostfile, mixed_precision=mixed_precision, offload_device=offload_device,
-        nvme_path=nvme_path, cpu=cpu, gpu_memory=gpu_memory, threads_per_process=threads_per_process,
-        timeout=timeout, write_config=write_config, dry_run=dry_run), print_config, json_)
     from llmkit import launch as core
 
-    argv = list(command or [])
+    argv = core.check_training_argv(command)
     only_plan = cfg.dry_run or cfg.write_config is not None
     if json_ and not only_plan and "--json" not in argv:
         argv.append("--json")
-    plan = core.plan_launch(cfg, argv, check_port=not only_plan)
+    # the training command's configuration, resolved once by its own parser: a bad flag there is one clear error
+    # here, before any rank starts, and the memory figures are those of exactly this run
+    training = core.TrainingCommand(subcommand=argv[1], args=tuple(argv[2:]),
+                                    config=resolve_training_config(argv[1:], ctx.find_root().command))
+    plan = core.plan_launch(cfg, training, check_port=not only_plan)
     if cfg.write_config is not None:
         core.write_files(plan, cfg)
     if only_plan:
@@ -100,7 +64,6 @@ def launch(
         else:
             _render(plan, cfg)
         return
-    core.check_training_command(plan)   # one clear error before any rank starts, not one per rank
     report = reporter(True)     # plain lines on stderr: the processes' output interleaves with them
     for line in _summary(plan):
         report.info(line)
@@ -117,6 +80,17 @@ def launch(
                                "(continue with --resume auto in the training command)")
     report.info(f"launch: {plan.world_size} process(es) finished in {result.seconds:.1f} s")
 
+
+
+def resolve_training_config(argv: list[str], root):
+    """The config of `llmkit ARGV...` (a training command), or the ConfigError it would stop with."""
+    from llmkit.errors import ConfigError
+
+    try:
+        return resolve_command_line(argv, root)
+    except ConfigError as exc:
+        raise ConfigError(f"the training command is invalid: {exc.message}",
+                          hint=exc.hint or f"check it alone: llmkit {argv[0]} ... --print-config") from None
 
 
 def _summary(plan) -> list[str]:

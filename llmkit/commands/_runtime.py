@@ -1,5 +1,6 @@
 """What every command shares: error handling and exit codes, config building, JSON and rich output."""
 
+import contextvars
 import dataclasses
 import functools
 import json
@@ -13,6 +14,43 @@ import typer
 
 from llmkit.errors import EXIT_INTERRUPTED, ConfigError, LlmkitError
 
+# set while `resolve_command_line` parses a command line: build_config hands the resolved config back instead of
+# running the command, and errors propagate to the caller instead of being printed
+_RESOLVING = contextvars.ContextVar("llmkit_resolving", default=False)
+
+
+class _Resolved(Exception):
+    def __init__(self, config):
+        super().__init__("resolved")
+        self.config = config
+
+
+def resolve_command_line(argv: list[str], root):
+    """The resolved config of `llmkit ARGV...` (without the program name), through the command's own parser,
+    preset, config file and flag handling -- exactly what `--print-config` would show -- without running it.
+    `root` is the `llmkit` click command (`ctx.find_root().command` in a command; `typer.main.get_command(app)`).
+
+    Raises ConfigError for what the command itself would refuse (an unknown flag, a bad value, a bad preset)."""
+    command = root
+    name = argv[0] if argv else ""
+    token = _RESOLVING.set(True)
+    try:
+        command.main(args=list(argv), prog_name="llmkit", standalone_mode=False)
+    except _Resolved as resolved:
+        return resolved.config
+    except LlmkitError:
+        raise
+    except Exception as exc:
+        # click's usage errors (typer vendors click, so its classes are not public): an unknown flag, a bad value
+        if getattr(exc, "exit_code", None) == 2 and hasattr(exc, "format_message"):
+            raise ConfigError(f"llmkit {name}: {exc.format_message()}",
+                              hint=f"check it alone: llmkit {name} ... --print-config") from None
+        raise
+    finally:
+        _RESOLVING.reset(token)
+    raise ConfigError(f"`llmkit {' '.join(argv[:1])}` does not resolve a configuration",
+                      hint="only commands built from a config (pretrain, sft, peft, ...) can be resolved")
+
 
 def cli_command(fn):
     """Map LlmkitError to `Error:`/`Hint:` lines and its exit code, and Ctrl-C to exit 130; never a traceback."""
@@ -23,6 +61,8 @@ def cli_command(fn):
         try:
             return fn(*args, **kwargs)
         except LlmkitError as exc:
+            if _RESOLVING.get():
+                raise
             if os.environ.get("LLMKIT_DEBUG", "") not in ("", "0"):
                 traceback.print_exc()
             report_error(exc, json_mode)
@@ -53,6 +93,8 @@ def build_config(cls, preset: Optional[str], config_file: Optional[Path], overri
     from llmkit.configio import dump_yaml, resolve, to_dict
 
     cfg = resolve(cls, preset=preset, file=config_file, overrides=overrides)
+    if _RESOLVING.get():
+        raise _Resolved(cfg)
     if print_config:
         if json_mode:
             emit_json(to_dict(cfg))

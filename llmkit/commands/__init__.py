@@ -4,15 +4,12 @@ Every module here is light: heavy libraries are imported inside command bodies, 
 stay fast.
 """
 
-import logging
-
 import typer
 
 from llmkit import __version__
+from llmkit.runtime import quiet_optional_kernel_notices
 
-# bitsandbytes warns on every import on CPUs with AVX512-BF16 that an optional faster 4-bit kernel package
-# (`kernels`) is missing; its fallback works, and the line reads like an error to users.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+quiet_optional_kernel_notices()
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 the operation failed (data, checkpoint, runtime); "

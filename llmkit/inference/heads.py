@@ -25,26 +25,16 @@ import torch
 from llmkit.config import GenerateConfig
 from llmkit.data import tasks as taskdata
 from llmkit.errors import ConfigError, DataError
+from llmkit.inference.tasks import head_task
 from llmkit.ui import Reporter, SilentReporter
 
 TASK_AUTO = {"text-classification": "seq-cls", "token-classification": "token-cls",
              "question-answering": "extractive-qa", "feature-extraction": "feature-extraction"}
-HEAD_TASK = {"ForSequenceClassification": "text-classification", "ForTokenClassification": "token-classification",
-             "ForQuestionAnswering": "question-answering"}
 HEAD_WORDS = {"text-classification": "a sequence-classification head", "token-classification":
               "a token-classification (NER) head", "question-answering": "an extractive question-answering head"}
 QA_MAX_LENGTH = 384                     # transformers 4's question-answering pipeline defaults
 QA_DOC_STRIDE = 128
 QA_MAX_ANSWER = 15
-
-
-def head_task(model_config) -> str | None:
-    """The generate --task a checkpoint's head fits (None for LM heads and bare encoders)."""
-    for arch in getattr(model_config, "architectures", None) or []:
-        for suffix, task in HEAD_TASK.items():
-            if arch.endswith(suffix):
-                return task
-    return None
 
 
 def check_head(model_config, task: str, name: str) -> None:
@@ -99,25 +89,25 @@ class TaskModel:
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
-        from llmkit.generate import _attach_adapter, _device, _has_tokenizer, _load_model_config
+        from llmkit.inference.loading import attach_adapter, has_tokenizer, load_model_config, select_device
         from llmkit.modeling import adapter_base, load_model, load_tokenizer
 
         cfg = self.cfg
         if cfg.adapter:
             self.name = adapter_base(cfg.adapter, self.name)
-        model_config = _load_model_config(self.name, cfg.trust_remote_code)
+        model_config = load_model_config(self.name, cfg.trust_remote_code)
         check_head(model_config, self.task, self.name)
         if cfg.load_in_8bit or cfg.load_in_4bit:
             raise ConfigError(f"--load-in-8bit/--load-in-4bit apply to the generation tasks, not {self.task}",
                               hint="drop the flag (these models are small enough to run unquantized)")
-        device = _device(cfg.device)
+        device = select_device(cfg.device)
         dtype = None if cfg.dtype == "auto" else cfg.dtype
-        source = cfg.adapter if cfg.adapter and _has_tokenizer(cfg.adapter) else self.name
+        source = cfg.adapter if cfg.adapter and has_tokenizer(cfg.adapter) else self.name
         tokenizer = load_tokenizer(source, trust_remote_code=cfg.trust_remote_code)
         model = load_model(self.name, TASK_AUTO[self.task], dtype=dtype, device=device,
                            trust_remote_code=cfg.trust_remote_code)
         if cfg.adapter:
-            model = _attach_adapter(model, cfg.adapter)
+            model = attach_adapter(model, cfg.adapter)
         return model, tokenizer
 
     # -- shared
@@ -256,9 +246,9 @@ class TaskModel:
 
 
 def _context(model_config, tokenizer) -> int:
-    from llmkit.generate import _context_length
+    from llmkit.inference.loading import context_length
 
-    context = _context_length(model_config) or 512
+    context = context_length(model_config) or 512
     limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(limit, int) and 0 < limit < context:
         context = limit
@@ -359,13 +349,13 @@ class TaskBatchResult:
 
 def _read_records(path: Path, task: str) -> tuple[list[tuple[int, dict]], DataError | None]:
     """(line number, record) up to the first bad line, and the error for that line."""
-    from llmkit.data.loading import _read_text_file
+    from llmkit.data.loading import read_text_file
 
     if not path.is_file():
         raise DataError(f"no such file: {path}", hint="check the path given to --input")
     needs = ("question", "context") if task == "question-answering" else ("text",)
     records = []
-    for number, line in enumerate(_read_text_file(path).splitlines(), start=1):
+    for number, line in enumerate(read_text_file(path).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -391,7 +381,7 @@ def run_task_batch(cfg: GenerateConfig, reporter: Reporter | None = None,
                    task_model: TaskModel | None = None) -> TaskBatchResult:
     """--input JSONL -> --output JSONL (resumable: lines already there are skipped), or, for feature-extraction,
     an `.npy` array with one row per input line (rewritten whole)."""
-    from llmkit.generate import _done_lines
+    from llmkit.inference.batch import done_lines
 
     reporter = reporter or SilentReporter()
     tm = task_model or TaskModel(cfg, reporter)
@@ -416,7 +406,7 @@ def run_task_batch(cfg: GenerateConfig, reporter: Reporter | None = None,
                                written=len(records), skipped=0, seconds=round(seconds, 3),
                                per_second=round(len(records) / seconds, 1) if seconds > 0 else 0.0,
                                warnings=_truncation_warning(tm))
-    done = _done_lines(target)
+    done = done_lines(target)
     todo = [(n, r) for n, r in records if n not in done]
     skipped = len(records) - len(todo)
     if skipped:
@@ -462,7 +452,7 @@ def detect_task(cfg: GenerateConfig) -> GenerateConfig:
 
     if cfg.task is not None or not cfg.model:
         return cfg
-    from llmkit.generate import _load_model_config
+    from llmkit.inference.loading import load_model_config
 
-    task = head_task(_load_model_config(cfg.model, cfg.trust_remote_code))
+    task = head_task(load_model_config(cfg.model, cfg.trust_remote_code))
     return cfg if task is None else dataclasses.replace(cfg, task=task)
