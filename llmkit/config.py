@@ -29,6 +29,11 @@ Offload = Literal["none", "optimizer", "optimizer+params"]
 ZeroStage = Literal[0, 1, 2, 3]
 
 
+# Every command's --help imports this module: frozen dataclasses without generated __eq__/__repr__ build in half the
+# time (about 17 ms instead of 37 ms here), and configs are never compared or printed by repr (dump_yaml shows them).
+config_class = dataclass(frozen=True, eq=False, repr=False)
+
+
 def opt(default: Any, help: str, *, short: str | None = None, flag: str | None = None, panel: str | None = None,
         negatable: bool = False, aliases: tuple[str, ...] = ()):
     """A config field that is also a command-line option: its default, its help (the default is added to it when
@@ -44,7 +49,7 @@ def _positive(problems: list[str], flag: str, value: int | float | None) -> None
         problems.append(f"{flag} must be greater than 0 (got {value})")
 
 
-@dataclass(frozen=True)
+@config_class
 class TokenizeShowConfig:
     preset_kind: ClassVar[str] = "tokenize"
     tokenizer: str = ""
@@ -73,7 +78,7 @@ class TokenizeShowConfig:
         return self.truncation if self.truncation is not None else self.max_length is not None
 
 
-@dataclass(frozen=True)
+@config_class
 class TokenizeVocabConfig:
     preset_kind: ClassVar[str] = "tokenize"
     tokenizer: str = ""
@@ -93,7 +98,7 @@ class TokenizeVocabConfig:
         validate(problems)
 
 
-@dataclass(frozen=True)
+@config_class
 class TokenizeTrainConfig:
     preset_kind: ClassVar[str] = "tokenize"
     corpus: tuple[str, ...] = ()
@@ -118,7 +123,7 @@ class TokenizeTrainConfig:
         validate(problems)
 
 
-@dataclass(frozen=True)
+@config_class
 class TokenizeDatasetConfig:
     preset_kind: ClassVar[str] = "tokenize"
     tokenizer: str = ""
@@ -144,7 +149,7 @@ class TokenizeDatasetConfig:
         validate(problems)
 
 
-@dataclass(frozen=True)
+@config_class
 class QuickstartConfig:
     preset_kind: ClassVar[str] = "quickstart"
     output_dir: str = "runs/quickstart"
@@ -159,7 +164,7 @@ class QuickstartConfig:
         validate(problems)
 
 
-@dataclass(frozen=True)
+@config_class
 class MemoryEstimateConfig:
     preset_kind: ClassVar[str] = "memory-estimate"
     PANEL: ClassVar[str] = "The run"
@@ -303,7 +308,7 @@ Scheduler = Literal["linear", "cosine", "constant", "constant-with-warmup"]
 ReportTo = Literal["none", "tensorboard"]
 
 
-@dataclass(frozen=True)
+@config_class
 class ModelArgs:
     PANEL: ClassVar[str] = "Model"
 
@@ -321,7 +326,7 @@ class ModelArgs:
             problems.append("--from-scratch needs --tokenizer (a random model has no tokenizer of its own)")
 
 
-@dataclass(frozen=True)
+@config_class
 class DataArgs:
     PANEL: ClassVar[str] = "Data"
 
@@ -353,7 +358,7 @@ class DataArgs:
                                 f"(got {self.eval_split})")
 
 
-@dataclass(frozen=True)
+@config_class
 class OptimArgs:
     PANEL: ClassVar[str] = "Optimisation"
 
@@ -380,7 +385,7 @@ class OptimArgs:
             problems.append(f"--max-grad-norm must not be negative (got {self.max_grad_norm})")
 
 
-@dataclass(frozen=True)
+@config_class
 class TrainArgs:
     PANEL: ClassVar[str] = "Training run"
 
@@ -414,7 +419,7 @@ class TrainArgs:
             problems.append(f"--deepspeed takes a DeepSpeed JSON config file (got {self.deepspeed!r})")
 
 
-@dataclass(frozen=True)
+@config_class
 class ObjectiveArgs:
     """The pretraining objectives' knobs, shared by `pretrain` and `peft --objective`."""
 
@@ -446,7 +451,7 @@ class ObjectiveArgs:
 OBJECTIVE_FAMILY = {"causal-lm": "causal-lm", "prefix-lm": "causal-lm", "masked-lm": "masked-lm", "seq2seq": "seq2seq"}
 
 
-@dataclass(frozen=True)
+@config_class
 class PretrainConfig(ObjectiveArgs, TrainArgs, OptimArgs, DataArgs, ModelArgs):
     PANEL: ClassVar[str] = "Pretraining objectives"
 
@@ -478,7 +483,7 @@ TASK_PANEL = "Task heads (--task)"
 MultiTurn = Literal["all", "last", "expand"]
 
 
-@dataclass(frozen=True)
+@config_class
 class SFTConfig(TrainArgs, OptimArgs, DataArgs, ModelArgs):
     """`llmkit sft`: loss only on the assistant replies (and their end-of-turn token) unless --train-on-prompt."""
 
@@ -582,7 +587,7 @@ PROMPT_METHODS = ("prompt-tuning", "p-tuning", "prefix-tuning")
 DEFAULT_PEFT_LR = {"lora": 2e-4, "ia3": 3e-3, "prompt-tuning": 3e-2, "p-tuning": 1e-3, "prefix-tuning": 1e-2}
 
 
-@dataclass(frozen=True)
+@config_class
 class PeftArgs:
     PANEL: ClassVar[str] = "Adapter"
 
@@ -642,7 +647,7 @@ class PeftArgs:
             problems.append("--lora-targets all-linear already names every linear layer: give it alone")
 
 
-@dataclass(frozen=True)
+@config_class
 class PeftConfig(PeftArgs, ObjectiveArgs, SFTConfig):
     """`llmkit peft`: the sft (or pretraining) run with the base frozen and only an adapter trained.
 
@@ -706,7 +711,7 @@ GenerateDtype = Literal["auto", "fp32", "fp16", "bf16"]
 GenerateDevice = Literal["auto", "cpu", "cuda"]
 
 
-@dataclass(frozen=True)
+@config_class
 class GenerateConfig:
     """`llmkit generate`. Decoding values left at None come from the model's generation_config (transformers'
     defaults where it has none); `max_new_tokens` falls back to DEFAULT_MAX_NEW_TOKENS."""
@@ -871,7 +876,7 @@ class GenerateConfig:
 ExplainMethod = Literal["absmax-int8", "vector-int8", "llm-int8", "nf4", "fp4"]
 
 
-@dataclass(frozen=True)
+@config_class
 class QuantizeExplainConfig:
     preset_kind: ClassVar[str] = "quantize"
     method: ExplainMethod = "nf4"
@@ -922,7 +927,7 @@ def _quant_model_problems(problems: list[str], cfg) -> None:
         problems.append(f"--seq-len must be at least 2 (got {cfg.seq_len}): perplexity needs a next token")
 
 
-@dataclass(frozen=True)
+@config_class
 class QuantizeModelConfig:
     preset_kind: ClassVar[str] = "quantize"
     model: str = ""
@@ -957,7 +962,7 @@ class QuantizeModelConfig:
         return self.blocksize or 64
 
 
-@dataclass(frozen=True)
+@config_class
 class QuantizeCompareConfig:
     preset_kind: ClassVar[str] = "quantize"
     model: str = ""
@@ -994,7 +999,7 @@ MergeStrategy = Literal["dequantize", "original", "requantize"]
 MERGE_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
 
 
-@dataclass(frozen=True)
+@config_class
 class MergeConfig:
     preset_kind: ClassVar[str] = "merge"
     adapter: str = ""
@@ -1029,7 +1034,7 @@ OffloadDevice = Literal["cpu", "nvme"]
 NODES_PANEL = "Processes and nodes"
 
 
-@dataclass(frozen=True)
+@config_class
 class LaunchConfig:
     """`llmkit launch`: run a training command on several processes/nodes (accelerate, DeepSpeed)."""
 

@@ -39,3 +39,15 @@ class DataError(LlmkitError):
 
 class ModelLoadError(LlmkitError):
     """A model or tokenizer cannot be loaded from the given path or hub id (exit 1)."""
+
+
+def as_user_error(exc: BaseException) -> LlmkitError | None:
+    """The one table from exceptions to what users see: an LlmkitError as it is; an operating-system error on a
+    named path (permissions, a file where a dir should be, a full disk) as exit 1 with that path; anything else is a
+    bug, None, and keeps its traceback."""
+    if isinstance(exc, LlmkitError):
+        return exc
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return LlmkitError(f"cannot use {exc.filename}: {exc.strerror or type(exc).__name__}",
+                           hint="check the path, its permissions and the free disk space")
+    return None

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import typer.main
 
+from conftest import assert_clean_error
+
 from llmkit import __version__
 from llmkit.commands import app
 
@@ -56,12 +58,30 @@ def test_every_command_help_ends_with_real_examples(cli, path):
 
 def test_unknown_command_is_a_usage_error(cli):
     result = cli("no-such-command")
-    assert result.exit_code == 2
+    assert_clean_error(result, 2, "No such command 'no-such-command'", "Hint: see `llmkit --help`")
 
 
 def test_unknown_flag_is_a_usage_error(cli):
     result = cli("tokenize", "show", "--no-such-flag")
-    assert result.exit_code == 2
+    assert_clean_error(result, 2, "No such option: --no-such-flag", "Hint: see `llmkit tokenize show --help`")
+    assert "╭" not in result.stderr   # one line, not click's box
+
+
+def test_usage_errors_under_json_are_one_json_line(cli):
+    result = cli("sft", "--json", "--batch-size", "many")
+    assert result.exit_code == 2 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    payload = json.loads(line)
+    assert payload["exit_code"] == 2 and "--batch-size" in payload["error"] and "sft --help" in payload["hint"]
+
+
+def test_an_output_path_that_cannot_be_a_directory_is_an_error_not_a_traceback(cli, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("hello world\n" * 20)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = cli("tokenize", "train", "--corpus", corpus, "--vocab-size", "300", "-o", blocker / "tok")
+    assert_clean_error(result, 1, str(blocker))
 
 
 def test_python_dash_m_behaves_like_the_console_script(tmp_path):

@@ -4,7 +4,10 @@ Every module here is light: heavy libraries are imported inside command bodies, 
 stay fast.
 """
 
+import sys
+
 import typer
+from typer.core import TyperGroup
 
 from llmkit import __version__
 from llmkit.runtime import quiet_optional_kernel_notices
@@ -16,7 +19,28 @@ EXIT_CODES_HELP = (
     "2 usage or configuration error; 130 interrupted. Set LLMKIT_DEBUG=1 to see tracebacks."
 )
 
+
+
+class LlmkitGroup(TyperGroup):
+    """The `llmkit` group. Its `main` is the one try of the program: every command's errors, and click's usage
+    errors, become `Error:`/`Hint:` lines and exit codes there (`_runtime.run_mapping_errors`)."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        from llmkit.commands import _runtime
+
+        extra.pop("standalone_mode", None)
+        args = list(sys.argv[1:] if args is None else args)
+
+        def call():
+            return super(LlmkitGroup, self).main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+
+        if _runtime.resolving():   # resolve_command_line: errors go back to the caller as exceptions
+            return call()
+        sys.exit(_runtime.run_mapping_errors(call, json_mode="--json" in args))
+
+
 app = typer.Typer(
+    cls=LlmkitGroup,
     name="llmkit",
     help="Train, shrink and run transformer language models on your own hardware.",
     epilog=EXIT_CODES_HELP,
@@ -25,7 +49,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
 
 
 def _version(value: bool) -> None:

@@ -108,11 +108,10 @@ def config_parameters(cls, skip: tuple[str, ...] = ()) -> list:
 def config_command(cls, *, skip: tuple[str, ...] = (), extra: tuple = ()):
     """Turn `body(cfg, json_, **extra)` into a command whose options are `cls`'s fields plus --preset, --config,
     --print-config and --json: the flags given are resolved over preset < file < flags into a `cls`, and the body
-    gets the config (and the `extra` parameters, inspect.Parameters that come first: a typer.Context, arguments).
-    Errors map to `Error:` lines and exit codes (cli_command)."""
+    gets the config (and the `extra` parameters, inspect.Parameters that come first: a typer.Context, arguments)."""
     import inspect
 
-    from llmkit.commands._runtime import build_config, cli_command
+    from llmkit.commands._runtime import build_config
 
     common = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
               for name, annotation, default in (("preset", PresetOpt, None), ("config", ConfigOpt, None),
@@ -128,6 +127,6 @@ def config_command(cls, *, skip: tuple[str, ...] = (), extra: tuple = ()):
 
         command.__signature__ = inspect.Signature(list(extra) + config_parameters(cls, skip) + common)
         command.__name__, command.__doc__ = body.__name__, body.__doc__
-        return cli_command(command)
+        return command
 
     return decorate

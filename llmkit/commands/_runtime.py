@@ -2,7 +2,6 @@
 
 import contextvars
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -17,6 +16,11 @@ from llmkit.errors import EXIT_INTERRUPTED, ConfigError, LlmkitError
 # set while `resolve_command_line` parses a command line: build_config hands the resolved config back instead of
 # running the command, and errors propagate to the caller instead of being printed
 _RESOLVING = contextvars.ContextVar("llmkit_resolving", default=False)
+
+
+def resolving() -> bool:
+    """Whether a command line is being resolved (resolve_command_line), not run."""
+    return _RESOLVING.get()
 
 
 class _Resolved(Exception):
@@ -41,7 +45,7 @@ def resolve_command_line(argv: list[str], root):
     except LlmkitError:
         raise
     except Exception as exc:
-        # click's usage errors (typer vendors click, so its classes are not public): an unknown flag, a bad value
+        # click's usage errors, as in run_mapping_errors
         if getattr(exc, "exit_code", None) == 2 and hasattr(exc, "format_message"):
             raise ConfigError(f"llmkit {name}: {exc.format_message()}",
                               hint=f"check it alone: llmkit {name} ... --print-config") from None
@@ -52,29 +56,36 @@ def resolve_command_line(argv: list[str], root):
                       hint="only commands built from a config (pretrain, sft, peft, ...) can be resolved")
 
 
-def cli_command(fn):
-    """Map LlmkitError to `Error:`/`Hint:` lines and its exit code, and Ctrl-C to exit 130; never a traceback."""
+def run_mapping_errors(call, json_mode: bool) -> int:
+    """Run the command line (`call`, click in non-standalone mode) and return its exit code: the one place where
+    errors become an `Error:` line and a `Hint:` (one JSON line under --json, on stderr) with their exit code,
+    click's usage errors included; Ctrl-C is 130. Unexpected exceptions keep their traceback: they are bugs.
+    LLMKIT_DEBUG=1 shows the traceback behind every error."""
+    from llmkit.errors import as_user_error
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        json_mode = bool(kwargs.get("json_", False))
-        try:
-            return fn(*args, **kwargs)
-        except LlmkitError as exc:
-            if _RESOLVING.get():
-                raise
-            if os.environ.get("LLMKIT_DEBUG", "") not in ("", "0"):
-                traceback.print_exc()
-            report_error(exc, json_mode)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            if json_mode:
-                print(json.dumps({"error": "interrupted", "exit_code": EXIT_INTERRUPTED}), file=sys.stderr)
-            else:
-                print("Interrupted.", file=sys.stderr)
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-
-    return wrapper
+    try:
+        result = call()
+    except KeyboardInterrupt:
+        result = EXIT_INTERRUPTED
+    except Exception as exc:   # noqa: BLE001 - mapped below, or re-raised
+        error = as_user_error(exc)
+        if error is None and getattr(exc, "exit_code", None) == 2 and hasattr(exc, "format_message"):
+            # click's usage errors (typer vendors click, so its classes are not public): unknown flag, bad value
+            context = getattr(exc, "ctx", None)
+            where = context.command_path if context is not None else "llmkit"
+            error = ConfigError(exc.format_message(), hint=f"see `{where} --help`")
+        if error is None:
+            raise
+        if os.environ.get("LLMKIT_DEBUG", "") not in ("", "0"):
+            traceback.print_exc()
+        report_error(error, json_mode)
+        return error.exit_code
+    if result == EXIT_INTERRUPTED:   # typer turns Ctrl-C into exit 130
+        if json_mode:
+            print(json.dumps({"error": "interrupted", "exit_code": EXIT_INTERRUPTED}), file=sys.stderr)
+        else:
+            print("Interrupted.", file=sys.stderr)
+    return result if isinstance(result, int) else 0
 
 
 def report_error(exc: LlmkitError, json_mode: bool) -> None:

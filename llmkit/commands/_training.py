@@ -27,7 +27,7 @@ def render_run(title: str, result, rows: list[tuple[str, str]], closing: str | N
 
 def run_training(run, cfg, report):
     """Run a training function (run_pretrain, run_sft) and return its result; after Ctrl-C's checkpoint, tell the
-    user how to continue and exit 130 (cli_command maps KeyboardInterrupt). The run functions keep stdout for the
+    user how to continue and exit 130 (the CLI maps KeyboardInterrupt). The run functions keep stdout for the
     result themselves. Under a launcher (RANK set) the ranks other than 0 report nothing and exit 0 after training,
     so the result is printed once."""
     from llmkit.training.integrations import is_main_process

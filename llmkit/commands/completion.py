@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from llmkit.commands._runtime import cli_command, examples
+from llmkit.commands._runtime import examples
 
 SHELLS = ("bash", "zsh", "fish")
 
@@ -20,7 +20,6 @@ def register(app: typer.Typer) -> None:
         "llmkit completion fish > ~/.config/fish/completions/llmkit.fish"))(completion)
 
 
-@cli_command
 def completion(ctx: typer.Context, shell: Annotated[str, typer.Argument(help="bash | zsh | fish.")]) -> None:
     """Print a shell completion script (see README: Shell completion)."""
     from llmkit.errors import ConfigError

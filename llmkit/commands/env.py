@@ -3,14 +3,13 @@
 import typer
 
 from llmkit.commands._options import JsonOpt
-from llmkit.commands._runtime import cli_command, console, emit_json, examples
+from llmkit.commands._runtime import console, emit_json, examples
 
 
 def register(app: typer.Typer) -> None:
     app.command("env", epilog=examples("llmkit env", "llmkit env --json > env.json"))(env)
 
 
-@cli_command
 def env(json_: JsonOpt = False) -> None:
     """Versions of Python and every dependency, devices, CUDA and bf16, bitsandbytes and DeepSpeed backends."""
     from llmkit.environment import collect

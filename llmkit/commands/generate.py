@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmkit.commands._options import ConfigOpt, JsonOpt, PresetOpt, PrintConfigOpt, SeedOpt, TrustRemoteCodeOpt, option
-from llmkit.commands._runtime import build_config, cli_command, emit_json, examples, reporter
+from llmkit.commands._runtime import build_config, emit_json, examples, reporter
 from llmkit.config import ANALYSIS_TASKS, GenerateConfig
 
 HELP_PANEL_INPUT = "What to generate from"
@@ -35,7 +35,6 @@ def register(app: typer.Typer) -> None:
     ))(generate)
 
 
-@cli_command
 def generate(
     model: Annotated[Optional[str], _opt("--model", "-m", help="Model dir or hub id.", panel=HELP_PANEL_MODEL)] = None,
     adapter: Annotated[Optional[str], _opt("--adapter", help="PEFT adapter dir trained on --model (whose base it "

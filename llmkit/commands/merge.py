@@ -6,7 +6,7 @@ import typer
 
 from llmkit.commands._options import (ConfigOpt, JsonOpt, OutputDirOpt, OverwriteOpt, PresetOpt, PrintConfigOpt,
                                      TrustRemoteCodeOpt, option)
-from llmkit.commands._runtime import build_config, cli_command, console, emit_json, examples, reporter
+from llmkit.commands._runtime import build_config, console, emit_json, examples, reporter
 
 
 def _opt(flag: str, help_: str, type_=str, *aliases: str):
@@ -21,7 +21,6 @@ def register(app: typer.Typer) -> None:
     ))(merge)
 
 
-@cli_command
 def merge(
     adapter: _opt("--adapter", "The PEFT adapter dir (LoRA or IA3; from `llmkit peft` or peft).", str, "-a") = None,
     base: _opt("--base", "The base model: dir or hub id (default: the one the adapter records).", str, "-m") = None,

@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmkit.commands._options import JsonOpt
-from llmkit.commands._runtime import cli_command, console, emit_json, examples
+from llmkit.commands._runtime import console, emit_json, examples
 
 
 def register(app: typer.Typer) -> None:
@@ -13,7 +13,6 @@ def register(app: typer.Typer) -> None:
                                            "llmkit presets --json"))(presets)
 
 
-@cli_command
 def presets(
     name: Annotated[Optional[str], typer.Argument(help="KIND/NAME of one preset to print.", show_default=False)] = None,
     json_: JsonOpt = False,

@@ -6,7 +6,7 @@ import typer
 
 from llmkit.commands._options import (ConfigOpt, JsonOpt, OutputDirOpt, OverwriteOpt, PresetOpt, PrintConfigOpt,
                                      TextFieldOpt, TrustRemoteCodeOpt, option)
-from llmkit.commands._runtime import build_config, cli_command, comma_list, console, emit_json, examples, reporter
+from llmkit.commands._runtime import build_config, comma_list, console, emit_json, examples, reporter
 from llmkit.ui import format_bytes
 
 app = typer.Typer(help="Quantize models and explain how quantization works.", no_args_is_help=True)
@@ -16,7 +16,6 @@ app = typer.Typer(help="Quantize models and explain how quantization works.", no
     "llmkit quantize explain --method nf4 --values 0.1,-0.5,2.0,0.03,-1.2 --blocksize 64",
     "llmkit quantize explain --method llm-int8 --shape 2,3 --values 0.5,7.1,-0.2,1.0,-0.3,0.9",
     "llmkit quantize explain --method nf4 --double-quant --values 0.4,-0.9,0.05,1.5 --json"))
-@cli_command
 def explain_cmd(
     method: Annotated[Optional[str], typer.Option("--method", help="absmax-int8 | vector-int8 | llm-int8 | nf4 | fp4.",
                                                   show_default=False)] = None,
@@ -82,7 +81,6 @@ DeviceOpt = _opt("--device", "auto | cpu | cuda (default auto).")
     "llmkit quantize model -m runs/quickstart/pretrain/model --method nf4 --double-quant -o runs/model-nf4",
     "llmkit quantize model -m ./model --method int8 --eval-data held_out.jsonl -o ./model-int8 --json",
     "llmkit quantize model -m ./model --method fp4 --blocksize 128 --compute-dtype bf16 -o ./model-fp4"))
-@cli_command
 def model_cmd(
     model: ModelOpt = None,
     method: _opt("--method", "int8 | nf4 | fp4 (default nf4).") = None,
@@ -131,7 +129,6 @@ def model_cmd(
 @app.command("compare", epilog=examples(
     "llmkit quantize compare -m runs/quickstart/pretrain/model",
     "llmkit quantize compare -m ./model --methods nf4,nf4+dq --eval-data held_out.jsonl --json"))
-@cli_command
 def compare_cmd(
     model: ModelOpt = None,
     methods: _opt("--methods", "Comma-separated: int8, nf4, fp4, nf4+dq, fp4+dq (default int8,nf4,fp4,nf4+dq).") = None,

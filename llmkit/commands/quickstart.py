@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmkit.commands._options import ConfigOpt, JsonOpt, OutputDirOpt, PresetOpt, PrintConfigOpt, SeedOpt
-from llmkit.commands._runtime import build_config, cli_command, console, emit_json, examples, reporter
+from llmkit.commands._runtime import build_config, console, emit_json, examples, reporter
 from llmkit.config import QuickstartConfig
 
 
@@ -14,7 +14,6 @@ def register(app: typer.Typer) -> None:
                                               "llmkit quickstart --fast --json"))(quickstart)
 
 
-@cli_command
 def quickstart(
     output_dir: OutputDirOpt = None,
     fast: Annotated[Optional[bool], typer.Option("--fast", help="The small version (about a minute).",

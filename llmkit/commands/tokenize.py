@@ -6,7 +6,7 @@ import typer
 
 from llmkit.commands._options import (ConfigOpt, JsonOpt, OutputDirOpt, OverwriteOpt, PresetOpt, PrintConfigOpt,
                                       TextFieldOpt, TokenizerOpt, TrustRemoteCodeOpt)
-from llmkit.commands._runtime import build_config, cli_command, comma_list, console, emit_json, examples, reporter
+from llmkit.commands._runtime import build_config, comma_list, console, emit_json, examples, reporter
 from llmkit.config import TokenizeDatasetConfig, TokenizeShowConfig, TokenizeTrainConfig, TokenizeVocabConfig
 
 app = typer.Typer(help="Inspect tokenizers, train new ones, pre-tokenize and pack datasets.", no_args_is_help=True)
@@ -19,7 +19,6 @@ MaxLengthOpt = Annotated[Optional[int], typer.Option("--max-length", help="Most 
     'llmkit tokenize show -t runs/quickstart/tokenizer "The for statement iterates."',
     'llmkit tokenize show -t ./bert-tok "How old are you?" --pair "I am six." --max-length 12 --padding max_length',
     'llmkit tokenize show -t ./bert-tok "Hello world" --slow --json'))
-@cli_command
 def show_cmd(
     texts: Annotated[Optional[list[str]], typer.Argument(help="Text(s) to tokenize.", show_default=False)] = None,
     tokenizer: TokenizerOpt = None,
@@ -87,7 +86,6 @@ def _encoded_json(enc) -> dict:
     "llmkit tokenize vocab -t runs/quickstart/tokenizer",
     "llmkit tokenize vocab -t runs/quickstart/tokenizer --search ing --ids 0,1,2 --tokens '<s>,</s>'",
     "llmkit tokenize vocab -t ./bert-tok --json"))
-@cli_command
 def vocab_cmd(
     tokenizer: TokenizerOpt = None,
     search: Annotated[Optional[str], typer.Option("--search", help="List tokens that contain this text.",
@@ -141,7 +139,6 @@ def vocab_cmd(
     "llmkit tokenize train --corpus a.jsonl --corpus b.jsonl --text-field body --type wordpiece --vocab-size 30522 "
     "--lowercase -o bert-tok",
     "llmkit tokenize train --preset bpe-4k --corpus corpus.txt -o tok --json"))
-@cli_command
 def train_cmd(
     corpus: Annotated[Optional[list[str]], typer.Option("--corpus", help="Text, jsonl, json, csv or parquet file "
                                                         "(repeat for several).", show_default=False)] = None,
@@ -193,7 +190,6 @@ NumProcOpt = Annotated[Optional[int], typer.Option("--num-proc", help="Tokenizer
     "llmkit tokenize dataset -t runs/quickstart/tokenizer --data corpus.jsonl -o data/tok --max-length 512",
     "llmkit tokenize dataset -t runs/quickstart/tokenizer --data corpus.jsonl -o data/packed --pack --max-length 1024",
     "llmkit tokenize dataset -t ./tok --data notes.txt -o data/notes --json"))
-@cli_command
 def dataset_cmd(
     tokenizer: TokenizerOpt = None, data: DataOpt = None, text_field: TextFieldOpt = None,
     output_dir: OutputDirOpt = None, max_length: MaxLengthOpt = None, pack: PackOpt = None,
@@ -215,7 +211,6 @@ def dataset_cmd(
     "llmkit tokenize stats -t runs/quickstart/tokenizer --data corpus.jsonl",
     "llmkit tokenize stats -t runs/quickstart/tokenizer --data corpus.jsonl --max-length 256 --json",
     "llmkit tokenize stats -t ./tok --data corpus.jsonl --pack --max-length 1024"))
-@cli_command
 def stats_cmd(
     tokenizer: TokenizerOpt = None, data: DataOpt = None, text_field: TextFieldOpt = None,
     max_length: MaxLengthOpt = None, pack: PackOpt = None, num_proc: NumProcOpt = None,
