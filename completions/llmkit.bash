@@ -74,7 +74,7 @@ _llmkit() {
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --adapter --task --prompt -p --message --system --chat-template --input --output --chat --batch-size --max-new-tokens --min-new-tokens --max-length --min-length --do-sample --greedy --num-beams --num-return-sequences --length-penalty --early-stopping --no-early-stopping --no-repeat-ngram-size --temperature --top-k --top-p --min-p --typical-p --repetition-penalty --seed --stop --dtype --device --load-in-8bit --load-in-4bit --trust-remote-code --text-pair --question --context --doc-stride --max-answer-length --allow-no-answer --aggregation --pooling --normalize --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--model -m --adapter --task --prompt -p --message --system --chat-template --input --output --chat --overwrite --batch-size --max-new-tokens --min-new-tokens --max-length --min-length --do-sample --greedy --num-beams --num-return-sequences --length-penalty --early-stopping --no-early-stopping --no-repeat-ngram-size --temperature --top-k --top-p --min-p --typical-p --repetition-penalty --seed --stop --dtype --device --load-in-8bit --load-in-4bit --trust-remote-code --text-pair --question --context --doc-stride --max-answer-length --allow-no-answer --aggregation --pooling --normalize --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "launch")
             case "$prev" in

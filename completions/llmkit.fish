@@ -13,6 +13,7 @@ complete -c llmkit -n '__fish_seen_subcommand_from generate' -l chat-template -r
 complete -c llmkit -n '__fish_seen_subcommand_from generate' -l input -r -F -d 'Batch: JSONL with a `prompt` or a `messages` list per line.'
 complete -c llmkit -n '__fish_seen_subcommand_from generate' -l output -r -F -d 'Batch: JSONL results in input order; lines already there are skipped (resume).'
 complete -c llmkit -n '__fish_seen_subcommand_from generate' -l chat -d 'Interactive chat (/help lists its commands); reads one turn per line when stdin is not a terminal.'
+complete -c llmkit -n '__fish_seen_subcommand_from generate' -l overwrite -d 'Batch: replace an --output that llmkit did not write, or wrote with other settings (else it is refused).'
 complete -c llmkit -n '__fish_seen_subcommand_from generate' -l batch-size -r -F -d 'Prompts per forward pass in batch mode.'
 complete -c llmkit -n '__fish_seen_subcommand_from generate' -l max-new-tokens -r -F -d 'Most tokens generated (default: the models, else 128).'
 complete -c llmkit -n '__fish_seen_subcommand_from generate' -l min-new-tokens -r -F -d 'Fewest tokens generated (eos held back until then).'

@@ -727,6 +727,7 @@ class GenerateConfig:
     chat_template: str | None = None   # a Jinja file; default: the tokenizer's own
     input: str | None = None           # batch: JSONL with `prompt` or `messages` per line
     output: str | None = None          # batch: JSONL results, appended (resumable)
+    overwrite: bool = False            # batch: replace an --output another job (or other settings) wrote
     chat: bool = False
     batch_size: int = 8                # prompts per forward pass in batch mode
     max_new_tokens: int | None = None  # tokens generated, prompt excluded

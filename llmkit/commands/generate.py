@@ -58,6 +58,9 @@ def generate(
                                            "there are skipped (resume).", panel=HELP_PANEL_INPUT)] = None,
     chat: Annotated[Optional[bool], _opt("--chat", help="Interactive chat (/help lists its commands); reads one turn "
                                          "per line when stdin is not a terminal.", panel=HELP_PANEL_INPUT)] = None,
+    overwrite: Annotated[Optional[bool], _opt("--overwrite", help="Batch: replace an --output that llmkit did not "
+                                              "write, or wrote with other settings (else it is refused).",
+                                              panel=HELP_PANEL_INPUT)] = None,
     batch_size: Annotated[Optional[int], _opt("--batch-size", help="Prompts per forward pass in batch mode.",
                                               panel=HELP_PANEL_INPUT)] = None,
     max_new_tokens: Annotated[Optional[int], _opt("--max-new-tokens", help="Most tokens generated (default: the "
@@ -127,7 +130,7 @@ def generate(
     or run a JSONL batch. A prompt longer than the context keeps its last tokens (with a warning)."""
     cfg = build_config(GenerateConfig, preset, config, dict(
         model=model, adapter=adapter, task=task, prompt=prompt, message=message, system=system,
-        chat_template=chat_template, input=input_, output=output, chat=chat, batch_size=batch_size,
+        chat_template=chat_template, input=input_, output=output, overwrite=overwrite, chat=chat, batch_size=batch_size,
         max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, max_length=max_length, min_length=min_length,
         do_sample=do_sample, num_beams=num_beams, num_return_sequences=num_return_sequences,
         length_penalty=length_penalty, early_stopping=early_stopping, no_repeat_ngram_size=no_repeat_ngram_size,

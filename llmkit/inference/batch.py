@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.config import GenerateConfig
-from llmkit.errors import ConfigError, DataError
+from llmkit.errors import ConfigError, DataError, LlmkitError
 from llmkit.ui import Reporter, SilentReporter
 from llmkit.inference.generator import Generator
 
@@ -30,10 +30,152 @@ class BatchResult:
     params: dict[str, Any]
 
 
+SIDECAR = ".llmkit-batch.json"   # beside --output: what wrote it (the job's settings), so a rerun can resume it
+_NOT_SETTINGS = ("input", "output", "overwrite", "batch_size", "prompt", "message", "chat")
+
+
+def job_settings(cfg: GenerateConfig, **resolved: Any) -> dict[str, Any]:
+    """What a batch job's results depend on: every setting but where they go and how many run at once, the model's
+    identity (a local dir: its files' names, sizes and times; cheap, unlike hashing gigabytes of weights) and the
+    values resolved from the model (`resolved`, e.g. the decoding parameters its generation_config supplied)."""
+    from llmkit.configio import to_dict
+
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_SETTINGS}
+    settings["input"] = str(Path(cfg.input).expanduser().resolve()) if cfg.input else None
+    for key in ("model", "adapter"):
+        if settings.get(key):
+            settings[f"{key}_files"] = _stat_fingerprint(Path(settings[key]).expanduser())
+    return json.loads(json.dumps({**settings, **resolved}, default=str))   # as it reads back from the sidecar
+
+
+def _stat_fingerprint(path: Path) -> str | None:
+    import hashlib
+
+    if not path.exists():
+        return None   # a hub id: its name is its identity
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        digest.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
+class BatchOutput:
+    """A batch job's --output, owned while the job runs. It is never the input, never a file llmkit did not write
+    and never one written with other settings (unless --overwrite): resuming is only safe into the same job. One job
+    at a time holds it (a lock beside it), and a rerun resumes after the lines already written. `.npy` outputs are
+    written whole, atomically."""
+
+    def __init__(self, source: Path, target: Path, settings: dict[str, Any], overwrite: bool):
+        self.source, self.target = source, target
+        self.settings, self.overwrite = settings, overwrite
+        self.sidecar = target.with_name(target.name + SIDECAR)
+        self.lock_file = target.with_name(target.name + ".lock")
+        self.done: set[int] = set()
+        self._lock = None
+
+    def __enter__(self) -> BatchOutput:
+        if self.target.exists() and self.target.resolve() == self.source.resolve():
+            raise ConfigError(f"--output {self.target} is the --input file: the results would replace the prompts",
+                              hint="write the results to another file")
+        if self.target.is_dir():
+            raise ConfigError(f"--output {self.target} is a directory", hint="give a file path (.jsonl or .npy)")
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
+        try:
+            self._check_existing()
+        except BaseException:
+            self._release_lock()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._release_lock()
+
+    def _take_lock(self) -> None:
+        import fcntl
+        import os
+
+        handle = self.lock_file.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise LlmkitError(f"{self.target} is being written by another job ({holder})",
+                              hint="wait for it to finish, or give this job another --output") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        self._lock = handle
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self.lock_file.unlink(missing_ok=True)
+            self._lock.close()
+            self._lock = None
+
+    def _check_existing(self) -> None:
+        if not self.target.exists():
+            self.sidecar.unlink(missing_ok=True)
+            return
+        if self.overwrite:
+            self.target.unlink()
+            self.sidecar.unlink(missing_ok=True)
+            return
+        if not self.sidecar.is_file():
+            raise ConfigError(f"--output {self.target} exists and was not written by an llmkit batch job (no "
+                              f"{self.sidecar.name} beside it)",
+                              hint="give another --output, or pass --overwrite to replace the file")
+        try:
+            written_with = json.loads(self.sidecar.read_text(encoding="utf-8")).get("settings")
+        except (OSError, ValueError, AttributeError):
+            written_with = None
+        if written_with != self.settings:
+            changed = sorted(k for k in set(self.settings) | set(written_with or {})
+                             if (written_with or {}).get(k) != self.settings.get(k))
+            raise ConfigError(f"--output {self.target} holds results of another job: "
+                              f"{', '.join(changed[:6]) or 'its record'} differ(s) from this one",
+                              hint="give another --output, or pass --overwrite to start it over")
+        if self.target.suffix == ".npy":
+            raise ConfigError(f"--output {self.target} exists (an .npy array is written whole)",
+                              hint="pass --overwrite to write it again, or give another --output")
+        self.done = done_lines(self.target)
+
+    def append(self, rows: list[dict]) -> None:
+        """Results, in input order, after the ones already there; on disk before this returns."""
+        import os
+
+        if not self.sidecar.exists():
+            _write_json_atomically(self.sidecar, {"settings": self.settings})
+        with self.target.open("a", encoding="utf-8") as out:
+            out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            out.flush()
+            os.fsync(out.fileno())
+
+    def write_array(self, array) -> None:
+        """The whole .npy result, written beside the target and moved into place."""
+        import numpy as np
+
+        scratch = self.target.with_name(self.target.name + ".partial.npy")
+        with scratch.open("wb") as f:
+            np.save(f, array)
+        _write_json_atomically(self.sidecar, {"settings": self.settings})
+        scratch.replace(self.target)
+
+
+def _write_json_atomically(path: Path, data: dict) -> None:
+    scratch = path.with_name(path.name + ".partial")
+    scratch.write_text(json.dumps(data, ensure_ascii=False, sort_keys=True), encoding="utf-8")
+    scratch.replace(path)
+
+
 def done_lines(output: Path) -> set[int]:
-    """Input line numbers already in the output; a torn last line (an interrupted write) is dropped."""
-    if not output.exists():
-        return set()
+    """Input line numbers already in an output this job wrote (BatchOutput checks that first); a torn last line,
+    from an interrupted write, is dropped from the file."""
     raw = output.read_text(encoding="utf-8")
     done, keep = set(), 0
     for line in raw.splitlines(keepends=True):
@@ -113,17 +255,22 @@ def run_batch(cfg: GenerateConfig, generator: Generator | None = None,
     started = time.perf_counter()
     source, target = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
     records, error = _read_batch_input(source, generator, cfg.system)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    done = done_lines(target)
-    todo = [r for r in records if r.line not in done]
+    gc = generator.generation_config() if generator.task != "fill-mask" else None
+    params = generator.params_of(gc) if gc is not None else {"top_k": cfg.top_k or 5}
+    with BatchOutput(source, target, job_settings(cfg, task=generator.task, params=params), cfg.overwrite) as out:
+        return _generate_batch(cfg, generator, reporter, records, error, gc, params, out, started)
+
+
+def _generate_batch(cfg, generator, reporter, records, error, gc, params, out: BatchOutput,
+                    started: float) -> BatchResult:
+    todo = [r for r in records if r.line not in out.done]
     skipped = len(records) - len(todo)
     if skipped:
-        reporter.info(f"resuming: {skipped} line(s) already in {target}")
-    gc = generator.generation_config() if generator.task != "fill-mask" else None
+        reporter.info(f"resuming: {skipped} line(s) already in {out.target}")
     if gc is not None:
         generator._seed(gc)
     prompt_tokens = completion_tokens = 0
-    with target.open("a", encoding="utf-8") as out, reporter.progress("generating", total=len(todo)) as advance:
+    with reporter.progress("generating", total=len(todo)) as advance:
         for start in range(0, len(todo), cfg.batch_size):
             chunk = todo[start:start + cfg.batch_size]
             rows = []
@@ -149,17 +296,15 @@ def run_batch(cfg: GenerateConfig, generator: Generator | None = None,
                     rows.append(_with_id(row, record))
                     prompt_tokens += len(prompt_ids)
                     completion_tokens += sum(s.completion_tokens for s in group)
-            out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-            out.flush()
+            out.append(rows)
             advance(len(chunk))
     if error is not None:
         raise error
     seconds = time.perf_counter() - started
-    return BatchResult(input=str(source), output=str(target), lines=len(records), generated=len(todo),
+    return BatchResult(input=str(out.source), output=str(out.target), lines=len(records), generated=len(todo),
                        skipped=skipped, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                        seconds=round(seconds, 3),
-                       tokens_per_s=round(completion_tokens / seconds, 1) if seconds > 0 else 0.0,
-                       params=generator.params_of(gc) if gc is not None else {"top_k": cfg.top_k or 5})
+                       tokens_per_s=round(completion_tokens / seconds, 1) if seconds > 0 else 0.0, params=params)
 
 
 def _with_id(row: dict, record: _Record) -> dict:

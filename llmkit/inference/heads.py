@@ -380,52 +380,43 @@ def _read_records(path: Path, task: str) -> tuple[list[tuple[int, dict]], DataEr
 def run_task_batch(cfg: GenerateConfig, reporter: Reporter | None = None,
                    task_model: TaskModel | None = None) -> TaskBatchResult:
     """--input JSONL -> --output JSONL (resumable: lines already there are skipped), or, for feature-extraction,
-    an `.npy` array with one row per input line (rewritten whole)."""
-    from llmkit.inference.batch import done_lines
+    an `.npy` array with one row per input line (written whole). The output is guarded as every batch job's is
+    (batch.BatchOutput: never the input, never another job's, one writer at a time)."""
+    from llmkit.inference.batch import BatchOutput, job_settings
 
     reporter = reporter or SilentReporter()
     tm = task_model or TaskModel(cfg, reporter)
     started = time.perf_counter()
     source, target = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
     records, error = _read_records(source, tm.task)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.suffix == ".npy":
-        if error is not None:
-            raise error
-        vectors = []
-        with reporter.progress("embedding", total=len(records)) as advance:
-            for start in range(0, len(records), cfg.batch_size):
-                chunk = records[start:start + cfg.batch_size]
-                vectors.append(tm.embed([r["text"] for _, r in chunk]))
-                advance(len(chunk))
-        array = np.concatenate(vectors).astype(np.float32) if vectors else np.zeros((0, 0), np.float32)
-        with target.open("wb") as f:
-            np.save(f, array)
-        seconds = time.perf_counter() - started
-        return TaskBatchResult(input=str(source), output=str(target), task=tm.task, lines=len(records),
-                               written=len(records), skipped=0, seconds=round(seconds, 3),
-                               per_second=round(len(records) / seconds, 1) if seconds > 0 else 0.0,
-                               warnings=_truncation_warning(tm))
-    done = done_lines(target)
-    todo = [(n, r) for n, r in records if n not in done]
-    skipped = len(records) - len(todo)
-    if skipped:
-        reporter.info(f"resuming: {skipped} line(s) already in {target}")
-    with target.open("a", encoding="utf-8") as out, reporter.progress(tm.task, total=len(todo)) as advance:
-        for start in range(0, len(todo), cfg.batch_size):
-            chunk = todo[start:start + cfg.batch_size]
-            results = _batch_results(tm, [r for _, r in chunk])
-            lines = []
-            for (number, record), result in zip(chunk, results):
-                row = {"line": number, **result}
-                if record.get("id") is not None:
-                    row = {"id": record["id"], **row}
-                lines.append(json.dumps(row, ensure_ascii=False) + "\n")
-            out.write("".join(lines))
-            out.flush()
-            advance(len(chunk))
-    if error is not None:
-        raise error
+    with BatchOutput(source, target, job_settings(cfg, task=tm.task), cfg.overwrite) as out:
+        if target.suffix == ".npy":
+            if error is not None:
+                raise error
+            vectors = []
+            with reporter.progress("embedding", total=len(records)) as advance:
+                for start in range(0, len(records), cfg.batch_size):
+                    chunk = records[start:start + cfg.batch_size]
+                    vectors.append(tm.embed([r["text"] for _, r in chunk]))
+                    advance(len(chunk))
+            out.write_array(np.concatenate(vectors).astype(np.float32) if vectors else np.zeros((0, 0), np.float32))
+            todo, skipped = records, 0
+        else:
+            todo = [(n, r) for n, r in records if n not in out.done]
+            skipped = len(records) - len(todo)
+            if skipped:
+                reporter.info(f"resuming: {skipped} line(s) already in {target}")
+            with reporter.progress(tm.task, total=len(todo)) as advance:
+                for start in range(0, len(todo), cfg.batch_size):
+                    chunk = todo[start:start + cfg.batch_size]
+                    rows = []
+                    for (number, record), result in zip(chunk, _batch_results(tm, [r for _, r in chunk])):
+                        row = {"line": number, **result}
+                        rows.append({"id": record["id"], **row} if record.get("id") is not None else row)
+                    out.append(rows)
+                    advance(len(chunk))
+            if error is not None:
+                raise error
     seconds = time.perf_counter() - started
     return TaskBatchResult(input=str(source), output=str(target), task=tm.task, lines=len(records),
                            written=len(todo), skipped=skipped, seconds=round(seconds, 3),
