@@ -8,6 +8,8 @@ them (a block's PANEL groups its options in --help).
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -156,7 +158,7 @@ class QuickstartConfig:
     fast: bool = False               # the small version (tests, a first look)
     vocab_size: int = 4096
     seed: int = 0
-    overwrite: bool = True           # the quickstart dir is a scratch area: rerunning replaces it
+    overwrite: bool = False          # replace a non-empty --output-dir that is not an earlier quickstart's
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -377,6 +379,11 @@ class OptimArgs:
         for flag, value in (("--batch-size", self.batch_size), ("--grad-accum", self.grad_accum), ("--lr", self.lr),
                             ("--epochs", self.epochs), ("--max-steps", self.max_steps)):
             _positive(problems, flag, value)
+        for flag, value in (("--lr", self.lr), ("--weight-decay", self.weight_decay),
+                            ("--max-grad-norm", self.max_grad_norm), ("--warmup-ratio", self.warmup_ratio),
+                            ("--epochs", self.epochs)):
+            if isinstance(value, float) and not math.isfinite(value):
+                problems.append(f"{flag} must be a finite number (got {value})")
         if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
             problems.append(f"--warmup-ratio must be in [0, 1) (got {self.warmup_ratio})")
         if self.weight_decay is not None and self.weight_decay < 0:
@@ -794,6 +801,13 @@ class GenerateConfig:
         for flag, value in (("--min-new-tokens", self.min_new_tokens), ("--min-length", self.min_length)):
             if value is not None and value < 0:
                 problems.append(f"{flag} must be 0 or more (got {value})")
+        for low, high, low_flag, high_flag in ((self.min_new_tokens, self.max_new_tokens, "--min-new-tokens",
+                                                "--max-new-tokens"),
+                                               (self.min_length, self.max_length, "--min-length", "--max-length")):
+            if low is not None and high is not None and low > high:
+                problems.append(f"{low_flag} {low} is more than {high_flag} {high}")
+        if self.task == "fill-mask" and self.top_k is not None and self.top_k < 1:
+            problems.append(f"--top-k is how many candidates fill-mask shows: at least 1 (got {self.top_k})")
         if self.temperature is not None:
             if self.temperature < 0:
                 problems.append(f"--temperature must be 0 or more (got {self.temperature})")
@@ -1033,6 +1047,7 @@ OffloadDevice = Literal["cpu", "nvme"]
 
 
 NODES_PANEL = "Processes and nodes"
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,252})|\[?[0-9A-Fa-f:.]+\]?")   # a host name, IPv4 or IPv6
 
 
 @config_class
@@ -1067,6 +1082,7 @@ class LaunchConfig:
     write_config: str | None = opt(None, "Write the accelerate config, the DeepSpeed JSON and (several nodes) a "
                                          "hostfile, one command per node and a SLURM script into DIR, and exit.")
     dry_run: bool = opt(False, "Print the exact command(s) and the per-rank memory, and exit.")
+    overwrite: bool = opt(False, "Let --write-config write into a non-empty directory.")
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -1075,6 +1091,9 @@ class LaunchConfig:
             _positive(problems, flag, value)
         if self.node_rank is not None and self.node_rank < 0:
             problems.append(f"--node-rank must be 0 or more (got {self.node_rank})")
+        if self.main_ip is not None and not _HOST.fullmatch(self.main_ip):
+            problems.append(f"--main-ip {self.main_ip!r} is not a host name or IP address (it is written into "
+                            "configs and command lines)")
         if self.main_port is not None and not 1 <= self.main_port <= 65535:
             problems.append(f"--main-port must be a TCP port, 1-65535 (got {self.main_port})")
         if self.gpu_memory is not None:

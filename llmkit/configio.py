@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -91,7 +93,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}", hint="check the path given to --config")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"cannot parse config file {path}: {exc.msg} (line {exc.lineno}, column {exc.colno})",
+                          hint="a .json config must be JSON (or name it .yaml)") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"cannot parse config file {path}: {first}", hint="it must be YAML or JSON") from None
@@ -161,8 +167,15 @@ def _coerce(value: Any, annotation: Any) -> Any:
             raise ValueError(f"expected an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str):   # YAML 1.1 reads 1e-4 (no dot) as text
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, (str, Path)):

@@ -279,6 +279,11 @@ def plan_launch(cfg, training: TrainingCommand, check_port: bool = True) -> Plan
     if strategy == "fsdp" and cfg.cpu:
         problems.append("--strategy fsdp on CPUs: accelerate's FSDP needs a GPU (or another accelerator) per "
                         "process; use --strategy zero3 (the same partitioning; DeepSpeed runs on CPUs)")
+    if cfg.write_config is not None:
+        folder = Path(cfg.write_config).expanduser()
+        if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not cfg.overwrite)):
+            problems.append(f"--write-config {folder} " + ("is a file" if not folder.is_dir() else
+                            "is not empty: pass --overwrite to write the files there, or choose another dir"))
     if strategy == "auto" and cfg.gpu_memory is None:
         problems.append("--strategy auto needs --gpu-memory (the memory of one GPU, or of one process with --cpu): "
                         "the budget the chosen strategy must fit")

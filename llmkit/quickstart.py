@@ -24,6 +24,9 @@ class StageResult:
     output: str | None = None
 
 
+QUICKSTART_MARK = ".llmkit-quickstart"
+
+
 @dataclass
 class QuickstartResult:
     output_dir: str
@@ -34,8 +37,11 @@ class QuickstartResult:
 
 def run_quickstart(cfg: QuickstartConfig, reporter: Reporter | None = None) -> QuickstartResult:
     reporter = reporter or SilentReporter()
-    out = check_output_dir(cfg.output_dir, cfg.overwrite)
+    out = Path(cfg.output_dir).expanduser()
+    # rerunning the quickstart replaces its own earlier output; any other non-empty dir needs --overwrite
+    check_output_dir(out, cfg.overwrite or (out / QUICKSTART_MARK).is_file())
     out.mkdir(parents=True, exist_ok=True)
+    (out / QUICKSTART_MARK).write_text("written by llmkit quickstart\n", encoding="utf-8")
     (out / "resolved_config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
     started = time.perf_counter()
     result = QuickstartResult(output_dir=str(out), fast=cfg.fast)

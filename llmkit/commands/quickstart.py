@@ -4,7 +4,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmkit.commands._options import ConfigOpt, JsonOpt, OutputDirOpt, PresetOpt, PrintConfigOpt, SeedOpt
+from llmkit.commands._options import (ConfigOpt, JsonOpt, OutputDirOpt, OverwriteOpt, PresetOpt, PrintConfigOpt,
+                                      SeedOpt)
 from llmkit.commands._runtime import build_config, console, emit_json, examples, reporter
 from llmkit.config import QuickstartConfig
 
@@ -18,11 +19,12 @@ def quickstart(
     output_dir: OutputDirOpt = None,
     fast: Annotated[Optional[bool], typer.Option("--fast", help="The small version (about a minute).",
                                                  show_default=False)] = None,
-    seed: SeedOpt = None,
+    seed: SeedOpt = None, overwrite: OverwriteOpt = None,
     preset: PresetOpt = None, config: ConfigOpt = None, print_config: PrintConfigOpt = False, json_: JsonOpt = False,
 ) -> None:
     """Run a model's life stage by stage on the Python language reference: no network, no GPU."""
-    cfg = build_config(QuickstartConfig, preset, config, dict(output_dir=output_dir, fast=fast, seed=seed),
+    cfg = build_config(QuickstartConfig, preset, config, dict(output_dir=output_dir, fast=fast, seed=seed,
+                                                       overwrite=overwrite),
                        print_config, json_)
     from llmkit.quickstart import run_quickstart
 

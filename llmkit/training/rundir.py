@@ -47,8 +47,10 @@ def truncate_metrics(path: Path, last_step: int) -> None:
 
 
 def append_metrics(path: Path, row: dict) -> None:
+    """One JSON row (a NaN or infinite value is written as null: JSON has no such numbers)."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
     with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+        f.write(json.dumps(clean, allow_nan=False) + "\n")
         f.flush()
 
 

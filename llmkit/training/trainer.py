@@ -183,6 +183,14 @@ def parameter_counts(model) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------------------------------- trainer
 
+class NonFiniteLoss(Exception):
+    """A training step's loss is NaN or infinite (raised before that step's update)."""
+
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"loss {loss} at step {step}")
+        self.step, self.loss = step, loss
+
+
 class LlmkitTrainer(Trainer):
     """transformers' Trainer with an exact per-token evaluation (loss summed over all eval tokens, then divided)."""
 
@@ -210,7 +218,12 @@ class LlmkitTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         # tokens actually trained on (the dataloader may collate a batch ahead; counting here is exact)
         self.data_collator.tokens_seen += int(inputs.pop(NUM_TOKENS, 0))
-        return super().training_step(model, inputs, num_items_in_batch)
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # before the optimizer applies it: a NaN/inf loss would make every weight NaN (the Trainer's own nan filter
+        # only hides it from the logs); the check syncs, as that filter's does every step
+        if not bool(torch.isfinite(loss).all()):
+            raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))
+        return loss
 
     def get_eval_dataloader(self, eval_dataset=None):
         if self.args.world_size <= 1:
@@ -322,7 +335,18 @@ def train_and_save(trainer: "LlmkitTrainer", *, run: Path, collator, tokenizer, 
         collator.tokens_seen = 0
         train_started = time.perf_counter()
         with checkpoint_on_interrupt(callback):
-            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            try:
+                trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            except NonFiniteLoss as stop:
+                from llmkit.errors import LlmkitError
+
+                saved = rundir.checkpoints(run)
+                raise LlmkitError(
+                    f"the training loss became {stop.loss} at step {stop.step}: the run stopped before that step's "
+                    "update, and no model was saved",
+                    hint="lower --lr (or keep --max-grad-norm, use --mixed-precision no); "
+                         + (f"the last good checkpoint is {saved[-1]} (--resume auto continues from it)" if saved
+                            else "no checkpoint was written before it")) from None
         train_seconds = time.perf_counter() - train_started
 
     final_eval = None
