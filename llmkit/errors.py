@@ -1,7 +1,8 @@
 """The errors llmkit reports to users: a message, a hint, and the exit code they map to.
 
 Exit codes (documented in README and `llmkit --help`):
-  0 success; 1 the operation failed (data, checkpoint, runtime); 2 usage or configuration error; 130 interrupted.
+  0 success; 1 the operation failed (data, checkpoint, runtime); 2 usage or configuration error; 130 interrupted;
+  143 terminated (SIGTERM; a training run checkpoints first).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143   # SIGTERM (SLURM and Kubernetes preemption): 128 + 15, as shells report it
 
 
 class LlmkitError(Exception):

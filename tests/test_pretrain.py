@@ -178,6 +178,25 @@ def test_sigint_saves_a_checkpoint_and_exits_130(configs, bpe_dir, docs_file, tm
 
 
 @pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_143(configs, bpe_dir, docs_file, tmp_path):
+    """What SLURM and Kubernetes send on preemption: the same checkpoint as Ctrl-C, then exit 143."""
+    from llmkit.training.rundir import checkpoint_problem, checkpoints
+
+    out = tmp_path / "run"
+    proc = _spawn(_cli_args(configs, bpe_dir, docs_file, out, "--max-steps", "100000", "--save-steps", "100000",
+                            "--logging-steps", "1"))
+    metrics = out / "metrics.jsonl"
+    _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr and "terminated (SIGTERM) at step" in stderr
+    saved = checkpoints(out)
+    assert saved and checkpoint_problem(saved[-1]) is None
+    assert not (out / "model").exists()
+
+
+@pytest.mark.slow
 def test_kill_9_leaves_the_last_checkpoint_resumable(configs, bpe_dir, docs_file, tmp_path):
     from llmkit.training.rundir import checkpoint_problem, checkpoints
 

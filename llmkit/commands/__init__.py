@@ -16,7 +16,8 @@ quiet_optional_kernel_notices()
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 the operation failed (data, checkpoint, runtime); "
-    "2 usage or configuration error; 130 interrupted. Set LLMKIT_DEBUG=1 to see tracebacks."
+    "2 usage or configuration error; 130 interrupted; 143 terminated (SIGTERM). Set LLMKIT_DEBUG=1 to see "
+    "tracebacks."
 )
 
 

@@ -27,7 +27,7 @@ def render_run(title: str, result, rows: list[tuple[str, str]], closing: str | N
 
 def run_training(run, cfg, report):
     """Run a training function (run_pretrain, run_sft) and return its result; after Ctrl-C's checkpoint, tell the
-    user how to continue and exit 130 (the CLI maps KeyboardInterrupt). The run functions keep stdout for the
+    user how to continue and exit 130 (the CLI maps KeyboardInterrupt), or 143 after SIGTERM. The run functions keep stdout for the
     result themselves. Under a launcher (RANK set) the ranks other than 0 report nothing and exit 0 after training,
     so the result is printed once."""
     from llmkit.training.integrations import is_main_process
@@ -41,8 +41,17 @@ def run_training(run, cfg, report):
     try:
         result = run(cfg, reporter=report)
     except TrainingInterrupted as stop:
-        report.warn(f"interrupted at step {stop.result.steps}; checkpoint: {stop.result.checkpoint}; "
-                    f"continue with --resume auto")
+        import signal
+
+        terminated = stop.signum == signal.SIGTERM
+        report.warn(f"{'terminated (SIGTERM)' if terminated else 'interrupted'} at step {stop.result.steps}; "
+                    f"checkpoint: {stop.result.checkpoint}; continue with --resume auto")
+        if terminated:
+            import typer
+
+            from llmkit.errors import EXIT_TERMINATED
+
+            raise typer.Exit(EXIT_TERMINATED) from None
         raise KeyboardInterrupt from None
     if not main:
         import typer

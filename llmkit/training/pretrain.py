@@ -354,7 +354,7 @@ def _run_pretrain(cfg: PretrainConfig, reporter: Reporter | None, callbacks: lis
         checkpoint=str(outcome.checkpoint) if outcome.checkpoint else None, loss_curve=losses,
         sparkline=rundir.sparkline(losses), files=files, warnings=warnings)
     if outcome.interrupted:
-        raise TrainingInterrupted(result)
+        raise TrainingInterrupted(result, outcome.callback.stop_signal)
     return result
 
 
@@ -433,8 +433,10 @@ def record_run(command: str, run: Path, trainer, outcome, *, data: dict, paramet
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C: a checkpoint was saved; the command exits 130. Carries the partial result."""
+    """Ctrl-C or SIGTERM: a checkpoint was saved; the command exits 130 (143 after SIGTERM). Carries the partial
+    result and the signal."""
 
-    def __init__(self, result: PretrainResult):
+    def __init__(self, result: PretrainResult, signum: int | None = None):
         super().__init__("interrupted")
         self.result = result
+        self.signum = signum

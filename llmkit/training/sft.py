@@ -385,7 +385,7 @@ def _run_sft(cfg: SFTConfig, reporter: Reporter, callbacks: list | None = None,
         checkpoint=str(outcome.checkpoint) if outcome.checkpoint else None, loss_curve=losses,
         sparkline=rundir.sparkline(losses), files=files, warnings=warnings)
     if outcome.interrupted:
-        raise TrainingInterrupted(result)
+        raise TrainingInterrupted(result, outcome.callback.stop_signal)
     return result
 
 

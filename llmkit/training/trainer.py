@@ -415,6 +415,7 @@ class RunCallback(TrainerCallback):
         self.reporter = reporter
         self.advance = advance
         self.interrupted = False
+        self.stop_signal: int | None = None   # the signal that interrupted the run (SIGINT, SIGTERM)
         self.train_rows: list[dict] = []
         self.eval_rows: list[dict] = []
         self._last = None
@@ -508,21 +509,25 @@ def _duration(seconds: float) -> str:
 
 @contextlib.contextmanager
 def checkpoint_on_interrupt(callback: RunCallback):
-    """The first Ctrl-C asks the Trainer to save a checkpoint at the end of the current step and stop; a second
-    one interrupts at once. Only the main thread can own signal handlers; elsewhere this does nothing."""
+    """The first Ctrl-C (or SIGTERM: what SLURM and Kubernetes send on preemption) asks the Trainer to save a
+    checkpoint at the end of the current step and stop; a second one interrupts (terminates) at once. Only the main
+    thread can own signal handlers; elsewhere this does nothing."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum, frame):
         callback.interrupted = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        callback.stop_signal = signum
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
 
-    signal.signal(signal.SIGINT, handler)
+    for s in previous:
+        signal.signal(s, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, old in previous.items():
+            signal.signal(s, old)
