@@ -31,7 +31,6 @@ from llmkit.errors import ConfigError, LlmkitError
 from llmkit.memory import STRATEGY_ZERO as ZERO
 from llmkit.runtime import free_port
 
-STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "zero2-offload", "zero3-offload", "fsdp", "auto")
 # --strategy auto tries these in this order (fastest first) and takes the first that fits --gpu-memory
 AUTO_ORDER = ("ddp", "zero1", "zero2", "zero3", "zero2-offload", "zero3-offload")
 TRAINING_COMMANDS = ("pretrain", "sft", "peft")
@@ -213,12 +212,11 @@ def port_free(port: int) -> bool:
     return True
 
 
-def plan_launch(cfg, training: TrainingCommand, check_port: bool = True) -> Plan:
+def plan_launch(cfg, command: TrainingCommand, check_port: bool = True) -> Plan:
     """Resolve everything before anything starts: processes, nodes, strategy (auto), refusals, memory, commands.
 
     Raises ConfigError (exit 2) for every invalid combination, with the reason and the alternative.
     """
-    command = training
     problems: list[str] = []
     hosts: list[tuple[str, int]] = []
     nodes, main_ip = cfg.nodes, cfg.main_ip

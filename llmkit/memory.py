@@ -55,6 +55,14 @@ STRATEGY_ZERO = {"ddp": (0, "none"), "zero1": (1, "none"), "zero2": (2, "none"),
                  "zero2-offload": (2, "optimizer"), "zero3-offload": (3, "optimizer+params"), "fsdp": (3, "none")}
 
 
+# each --optimizer as transformers' Trainer names it (`optim`), with its `optim_args`: what the training commands run
+# and what memory-estimate counts
+HF_OPTIMIZERS = {"adamw": "adamw_torch", "adamw-fused": "adamw_torch_fused", "adamw-8bit": "adamw_bnb_8bit",
+                 "paged-adamw-8bit": "paged_adamw_8bit", "adafactor": "adafactor", "sgd": "sgd",
+                 "sgd-momentum": "sgd"}
+HF_OPTIMIZER_ARGS = {"sgd-momentum": "momentum=0.9"}
+
+
 def parse_size(text: str | int, flag: str) -> int:
     """'24GiB' -> 25769803776; '8GB' = 8e9 bytes, '80G' = 80e9, plain numbers are bytes."""
     if isinstance(text, int) and not isinstance(text, bool):
@@ -1028,9 +1036,7 @@ def config_flags(cfg: Any) -> list[str]:
 
 def hf_training_arguments(cfg: Any) -> dict[str, Any]:
     """transformers.TrainingArguments equivalents (with the DeepSpeed ZeRO settings they need)."""
-    optim = {"adamw": "adamw_torch", "adamw-fused": "adamw_torch_fused", "adamw-8bit": "adamw_bnb_8bit",
-             "paged-adamw-8bit": "paged_adamw_8bit", "adafactor": "adafactor", "sgd": "sgd",
-             "sgd-momentum": "sgd"}[cfg.optimizer]
+    optim = HF_OPTIMIZERS[cfg.optimizer]
     out: dict[str, Any] = {"per_device_train_batch_size": cfg.batch_size,
                            "gradient_accumulation_steps": cfg.grad_accum,
                            "gradient_checkpointing": cfg.grad_checkpointing, "optim": optim,

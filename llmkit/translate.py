@@ -95,7 +95,7 @@ def strategy_for(zero: int, offload: str) -> str:
 
 # ------------------------------------------------------------------------------------- plans -> command lines
 
-def training_argv(mem_cfg, model: str, task: str, *, data: str = "DATA", output_dir: str = "OUT") -> list[str]:
+def training_argv(mem_cfg, model: str, task: str) -> list[str]:
     """The llmkit training command that runs memory-estimate config `mem_cfg` (whose model's task is `task`):
     `llmkit peft` for adapters (QLoRA included), `llmkit sft` for full fine-tuning of a causal LM or a classifier,
     `llmkit pretrain` for masked-LM and seq2seq objectives. DATA and OUT are placeholders for the user's data and
@@ -110,7 +110,7 @@ def training_argv(mem_cfg, model: str, task: str, *, data: str = "DATA", output_
         argv = ["llmkit", "pretrain", "--objective", task]
     else:
         argv = ["llmkit", "sft"] + (["--task", "seq-cls"] if task == "seq-cls" else [])
-    argv += ["--model", model, "--data", data, "-o", output_dir, "--batch-size", str(mem_cfg.batch_size),
+    argv += ["--model", model, "--data", "DATA", "-o", "OUT", "--batch-size", str(mem_cfg.batch_size),
              "--grad-accum", str(mem_cfg.grad_accum), "--seq-len", str(mem_cfg.seq_len)]
     if mem_cfg.grad_checkpointing:
         argv.append("--grad-checkpointing")
@@ -135,10 +135,10 @@ def training_argv(mem_cfg, model: str, task: str, *, data: str = "DATA", output_
     return argv
 
 
-def plan_argv(mem_cfg, model: str, task: str, *, data: str = "DATA", output_dir: str = "OUT") -> list[str]:
+def plan_argv(mem_cfg, model: str, task: str) -> list[str]:
     """The whole command line of a plan: the training command alone on one GPU without ZeRO, else under
     `llmkit launch` with the strategy and process count the plan assumes."""
-    train = training_argv(mem_cfg, model, task, data=data, output_dir=output_dir)
+    train = training_argv(mem_cfg, model, task)
     if mem_cfg.gpus * mem_cfg.nodes == 1 and mem_cfg.zero == 0:
         return train
     launch = ["llmkit", "launch", "--strategy", strategy_for(mem_cfg.zero, mem_cfg.offload),
@@ -148,24 +148,14 @@ def plan_argv(mem_cfg, model: str, task: str, *, data: str = "DATA", output_dir:
     return launch + ["--"] + train
 
 
-def command_line(argv: list[str]) -> str:
-    return shlex.join(argv)
-
-
-def model_argument(mem_cfg) -> str:
-    """What a plan's command line passes as --model: the model memory-estimate sized, or MODEL for --params (a
-    size, not a checkpoint: the user puts theirs)."""
-    return mem_cfg.model if mem_cfg.model else "MODEL"
-
-
 def with_plan_commands(estimate):
-    """The estimate with every plan's command line (and the training command's own flags) filled in."""
+    """The estimate with every plan's command line filled in, and the training command's own flags (those after
+    `llmkit pretrain|sft|peft`). A plan for --params names MODEL: a size, not a checkpoint, so the user puts theirs."""
     if not estimate.plans:
         return estimate
     plans = []
     for plan in estimate.plans:
-        model = model_argument(plan.config)
-        argv = plan_argv(plan.config, model, plan.task)
-        plans.append(dataclasses.replace(plan, argv=argv, command=command_line(argv),
-                                         training_flags=training_argv(plan.config, model, plan.task)[2:]))
+        argv = plan_argv(plan.config, plan.config.model or "MODEL", plan.task)
+        training = argv[argv.index("--") + 1:] if "--" in argv else argv
+        plans.append(dataclasses.replace(plan, argv=argv, command=shlex.join(argv), training_flags=training[2:]))
     return dataclasses.replace(estimate, plans=plans)

@@ -21,7 +21,6 @@ EXIT_CODES_HELP = (
 )
 
 
-
 class LlmkitGroup(TyperGroup):
     """The `llmkit` group. Its `main` is the one try of the program: every command's errors, and click's usage
     errors, become `Error:`/`Hint:` lines and exit codes there (`_runtime.run_mapping_errors`)."""

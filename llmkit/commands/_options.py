@@ -5,6 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
+
 def option(*names: str, help: str, panel: Optional[str] = None):
     """An option that shows no default: "not given" stays None, and the config dataclass holds the real default."""
     return typer.Option(*names, help=help, show_default=False, rich_help_panel=panel)

@@ -35,25 +35,34 @@ def resolve_command_line(argv: list[str], root):
     `root` is the `llmkit` click command (`ctx.find_root().command` in a command; `typer.main.get_command(app)`).
 
     Raises ConfigError for what the command itself would refuse (an unknown flag, a bad value, a bad preset)."""
-    command = root
     name = argv[0] if argv else ""
     token = _RESOLVING.set(True)
     try:
-        command.main(args=list(argv), prog_name="llmkit", standalone_mode=False)
+        root.main(args=list(argv), prog_name="llmkit", standalone_mode=False)
     except _Resolved as resolved:
         return resolved.config
     except LlmkitError:
         raise
     except Exception as exc:
-        # click's usage errors, as in run_mapping_errors
-        if getattr(exc, "exit_code", None) == 2 and hasattr(exc, "format_message"):
-            raise ConfigError(f"llmkit {name}: {exc.format_message()}",
-                              hint=f"check it alone: llmkit {name} ... --print-config") from None
-        raise
+        usage = usage_error(exc)
+        if usage is None:
+            raise
+        raise ConfigError(f"llmkit {name}: {usage.message}",
+                          hint=f"check it alone: llmkit {name} ... --print-config") from None
     finally:
         _RESOLVING.reset(token)
     raise ConfigError(f"`llmkit {' '.join(argv[:1])}` does not resolve a configuration",
                       hint="only commands built from a config (pretrain, sft, peft, ...) can be resolved")
+
+
+def usage_error(exc: BaseException) -> ConfigError | None:
+    """Click's usage errors (an unknown flag, a bad value) as a ConfigError, else None. Typer vendors click, so its
+    exception classes are not public: they are known by their exit code 2 and their format_message()."""
+    if getattr(exc, "exit_code", None) != 2 or not hasattr(exc, "format_message"):
+        return None
+    context = getattr(exc, "ctx", None)
+    return ConfigError(exc.format_message(),
+                       hint=f"see `{context.command_path if context is not None else 'llmkit'} --help`")
 
 
 def run_mapping_errors(call, json_mode: bool) -> int:
@@ -68,12 +77,7 @@ def run_mapping_errors(call, json_mode: bool) -> int:
     except KeyboardInterrupt:
         result = EXIT_INTERRUPTED
     except Exception as exc:   # noqa: BLE001 - mapped below, or re-raised
-        error = as_user_error(exc)
-        if error is None and getattr(exc, "exit_code", None) == 2 and hasattr(exc, "format_message"):
-            # click's usage errors (typer vendors click, so its classes are not public): unknown flag, bad value
-            context = getattr(exc, "ctx", None)
-            where = context.command_path if context is not None else "llmkit"
-            error = ConfigError(exc.format_message(), hint=f"see `{where} --help`")
+        error = as_user_error(exc) or usage_error(exc)
         if error is None:
             raise
         if os.environ.get("LLMKIT_DEBUG", "") not in ("", "0"):

@@ -1,6 +1,9 @@
 """What the training commands (`pretrain`, `sft`, `peft`) share in the CLI: running the training with Ctrl-C and
 launcher handling, and rendering a finished run. Their options are generated from the config blocks."""
 
+import typer
+
+
 def render_run(title: str, result, rows: list[tuple[str, str]], closing: str | None = None) -> None:
     """A finished training run, for people: its loss curve and final loss, the command's own rows, the files written
     and where the model (or adapter) is."""
@@ -27,8 +30,8 @@ def render_run(title: str, result, rows: list[tuple[str, str]], closing: str | N
 
 def run_training(run, cfg, report):
     """Run a training function (run_pretrain, run_sft) and return its result; after Ctrl-C's checkpoint, tell the
-    user how to continue and exit 130 (the CLI maps KeyboardInterrupt), or 143 after SIGTERM. The run functions keep stdout for the
-    result themselves. Under a launcher (RANK set) the ranks other than 0 report nothing and exit 0 after training,
+    user how to continue and exit 130 (the CLI maps KeyboardInterrupt), or 143 after SIGTERM. The run functions keep
+    stdout for the result themselves. Under a launcher (RANK set) the ranks other than 0 report nothing and exit 0 after training,
     so the result is printed once."""
     from llmkit.training.integrations import is_main_process
     from llmkit.training.pretrain import TrainingInterrupted
@@ -47,15 +50,11 @@ def run_training(run, cfg, report):
         report.warn(f"{'terminated (SIGTERM)' if terminated else 'interrupted'} at step {stop.result.steps}; "
                     f"checkpoint: {stop.result.checkpoint}; continue with --resume auto")
         if terminated:
-            import typer
-
             from llmkit.errors import EXIT_TERMINATED
 
             raise typer.Exit(EXIT_TERMINATED) from None
         raise KeyboardInterrupt from None
     if not main:
-        import typer
-
         raise typer.Exit(0)
     for warning in result.warnings:
         report.warn(warning)

@@ -130,7 +130,8 @@ def generate(
     or run a JSONL batch. A prompt longer than the context keeps its last tokens (with a warning)."""
     cfg = build_config(GenerateConfig, preset, config, dict(
         model=model, adapter=adapter, task=task, prompt=prompt, message=message, system=system,
-        chat_template=chat_template, input=input_, output=output, overwrite=overwrite, chat=chat, batch_size=batch_size,
+        chat_template=chat_template, input=input_, output=output, overwrite=overwrite, chat=chat,
+        batch_size=batch_size,
         max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, max_length=max_length, min_length=min_length,
         do_sample=do_sample, num_beams=num_beams, num_return_sequences=num_return_sequences,
         length_penalty=length_penalty, early_stopping=early_stopping, no_repeat_ngram_size=no_repeat_ngram_size,
@@ -283,8 +284,6 @@ def _batch(cfg: GenerateConfig, generator, report, json_: bool) -> None:
 
 
 def _chat(cfg: GenerateConfig, generator, json_: bool) -> None:
-    import threading
-
     from llmkit.inference.chat import ChatSession
 
     session = ChatSession(generator, cfg.system)

@@ -81,7 +81,6 @@ def launch(cfg: LaunchConfig, json_: bool, ctx: typer.Context, command: Optional
     report.info(f"launch: {plan.world_size} process(es) finished in {result.seconds:.1f} s")
 
 
-
 def resolve_training_config(argv: list[str], root):
     """The config of `llmkit ARGV...` (a training command), or the ConfigError it would stop with."""
     from llmkit.errors import ConfigError

@@ -16,11 +16,10 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from llmkit.errors import ConfigError
+from llmkit.memory import HF_OPTIMIZER_ARGS, HF_OPTIMIZERS
 from llmkit.training import rundir
 from llmkit.training.objectives import NUM_TOKENS, SHIFTED, token_loss
 
-OPTIMIZERS = {"adamw": "adamw_torch", "adamw-8bit": "adamw_bnb_8bit", "paged-adamw-8bit": "paged_adamw_8bit",
-              "adafactor": "adafactor", "sgd": "sgd"}
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant",
               "constant-with-warmup": "constant_with_warmup"}
 
@@ -54,7 +53,8 @@ def training_arguments(cfg, checkpoints_dir: Path, has_eval: bool) -> TrainingAr
         lr_scheduler_type=SCHEDULERS[cfg.scheduler],
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
-        optim=OPTIMIZERS[cfg.optimizer],
+        optim=HF_OPTIMIZERS[cfg.optimizer],
+        optim_args=HF_OPTIMIZER_ARGS.get(cfg.optimizer),
         bf16=cfg.mixed_precision == "bf16",
         fp16=cfg.mixed_precision == "fp16",
         activation_checkpointing=cfg.grad_checkpointing,   # transformers 5's name for gradient checkpointing
