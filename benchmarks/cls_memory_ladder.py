@@ -75,7 +75,7 @@ def worker(options: dict, micro_steps: int, device: str) -> dict:
 
     import torch
 
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "src"))
     from llmkit.modeling import build_model
     from llmkit.training.trainer import apply_freezing, parameter_counts
 
@@ -140,7 +140,7 @@ def worker(options: dict, micro_steps: int, device: str) -> dict:
 # ------------------------------------------------------------------------------------ the estimated side
 
 def estimate(options: dict, overhead: str | None):
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "src"))
     from llmkit.config import MemoryEstimateConfig
     from llmkit.memory import estimate as run
 

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
 
 QUANTS = {"nf4": dict(quant="nf4", double_quant=True), "fp4": dict(quant="fp4"), "int8": dict(quant="int8")}
 TARGETS = {"q,v": ("q_proj", "v_proj"), "all-linear": ("all-linear",)}

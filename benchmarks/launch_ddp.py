@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--comm-steps", default="4,12", help="S1,S2 for the measured communication")
     a = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "src"))
     from llmkit import corpus, modelspec
     from llmkit.config import TokenizeTrainConfig
     from llmkit.launch import AUTO_ORDER, communication_table

@@ -209,7 +209,7 @@ def worker(spec: dict) -> dict:
 # the estimated side
 
 def llmkit_estimate(fields: dict, options: dict, workdir: Path):
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "src"))
     from llmkit.memory import estimate
     from llmkit.config import MemoryEstimateConfig
 
@@ -293,7 +293,7 @@ def run_startup(runs: int = 11) -> str:
         trivial_app = _median_seconds([PYTHON, str(trivial), "--params", "1.4B"], runs)
     plan_json = _median_seconds([PYTHON, "-m", "llmkit", "memory-estimate", "--params", "1.4B", "--gpu-memory",
                                  "8GiB", "--plan", "--json"], 5)
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "src"))
     from llmkit.memory import estimate
     from llmkit.config import MemoryEstimateConfig
 
@@ -328,7 +328,7 @@ def run_deepspeed() -> str:
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
         from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "src"))
     from llmkit.memory import estimate
     from llmkit.config import MemoryEstimateConfig
     from llmkit.modelspec import load_spec

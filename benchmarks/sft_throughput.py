@@ -120,7 +120,7 @@ print(json.dumps({"trained_tokens": trained, "train_seconds": m["train_runtime"]
 
 def prepare(n: int, seed: int) -> tuple[Path, Path, Path]:
     """A BPE tokenizer with ChatML (tokens and template), the chat data, the model config."""
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "src"))
     from llmkit import corpus
     from llmkit.config import TokenizeTrainConfig
     from llmkit.data.sft import builtin_template, prepare_tokenizer

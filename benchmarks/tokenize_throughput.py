@@ -24,7 +24,7 @@ WORK = ROOT / "benchmarks" / "_work" / "tokenize"
 
 
 def make_corpus(path: Path, megabytes: int) -> int:
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "src"))
     from llmkit import corpus
 
     train, held_out = corpus.documents()

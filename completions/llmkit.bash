@@ -37,8 +37,11 @@ _llmkit() {
         "generate")
             case "$prev" in
                 --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --device) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --adapter) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --task) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --dtype) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --seed) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --prompt|-p) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --message) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --system) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -60,10 +63,7 @@ _llmkit() {
                 --min-p) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --typical-p) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --repetition-penalty) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --seed) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --stop) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --dtype) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --device) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --text-pair) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --question) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --context) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -74,7 +74,7 @@ _llmkit() {
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --adapter --task --prompt -p --message --system --chat-template --input --output --chat --overwrite --batch-size --max-new-tokens --min-new-tokens --max-length --min-length --do-sample --greedy --num-beams --num-return-sequences --length-penalty --early-stopping --no-early-stopping --no-repeat-ngram-size --temperature --top-k --top-p --min-p --typical-p --repetition-penalty --seed --stop --dtype --device --load-in-8bit --load-in-4bit --trust-remote-code --text-pair --question --context --doc-stride --max-answer-length --allow-no-answer --aggregation --pooling --normalize --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--model -m --device --adapter --task --dtype --load-in-8bit --load-in-4bit --seed --trust-remote-code --prompt -p --message --system --chat-template --input --output --chat --overwrite --batch-size --max-new-tokens --min-new-tokens --max-length --min-length --do-sample --greedy --num-beams --num-return-sequences --length-penalty --early-stopping --no-early-stopping --no-repeat-ngram-size --temperature --top-k --top-p --min-p --typical-p --repetition-penalty --stop --text-pair --question --context --doc-stride --max-answer-length --allow-no-answer --aggregation --pooling --normalize --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "launch")
             case "$prev" in
@@ -147,7 +147,7 @@ _llmkit() {
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--adapter -a --base -m --output-dir -o --dtype --strategy --verify --no-verify --tolerance --probe --max-shard-size --overwrite --trust-remote-code --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--adapter -a --base -m --output-dir -o --overwrite --trust-remote-code --dtype --strategy --verify --no-verify --tolerance --probe --max-shard-size --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "peft")
             case "$prev" in
@@ -276,20 +276,20 @@ _llmkit() {
         "quantize compare")
             case "$prev" in
                 --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --methods) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --device) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --blocksize) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --compute-dtype) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --eval-data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --eval-tokens) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --seq-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --skip-modules) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --threshold) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --device) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --methods) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --methods --blocksize --compute-dtype --eval-data --text-field --eval-tokens --seq-len --skip-modules --threshold --device --trust-remote-code --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--model -m --device --text-field --trust-remote-code --blocksize --compute-dtype --eval-data --eval-tokens --seq-len --skip-modules --threshold --methods --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "quantize explain")
             case "$prev" in
@@ -306,21 +306,21 @@ _llmkit() {
         "quantize model")
             case "$prev" in
                 --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --method) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --device) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --blocksize) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --compute-dtype) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --output-dir|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --eval-data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --eval-tokens) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --seq-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --skip-modules) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --threshold) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --device) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --output-dir|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --method) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --method --double-quant --no-double-quant --blocksize --compute-dtype --output-dir -o --eval-data --text-field --eval-tokens --seq-len --skip-modules --threshold --device --overwrite --trust-remote-code --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--model -m --device --text-field --trust-remote-code --blocksize --compute-dtype --eval-data --eval-tokens --seq-len --skip-modules --threshold --output-dir -o --overwrite --method --double-quant --no-double-quant --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "quantize")
             COMPREPLY=($(compgen -W "compare explain model --help -h" -- "$cur"))
@@ -332,7 +332,7 @@ _llmkit() {
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--output-dir -o --fast --seed --overwrite --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--output-dir -o --overwrite --seed --fast --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "sft")
             case "$prev" in
@@ -395,15 +395,15 @@ _llmkit() {
         "tokenize dataset")
             case "$prev" in
                 --tokenizer|-t) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --output-dir|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --max-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --num-proc) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--tokenizer -t --data --text-field --output-dir -o --max-length --pack --num-proc --overwrite --trust-remote-code --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--tokenizer -t --output-dir -o --overwrite --text-field --trust-remote-code --data --max-length --pack --num-proc --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "tokenize show")
             case "$prev" in
@@ -414,32 +414,32 @@ _llmkit() {
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--tokenizer -t --pair --max-length --padding --truncation --no-truncation --special-tokens --no-special-tokens --slow --trust-remote-code --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--tokenizer -t --trust-remote-code --pair --max-length --padding --truncation --no-truncation --special-tokens --no-special-tokens --slow --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "tokenize stats")
             case "$prev" in
                 --tokenizer|-t) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --max-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --num-proc) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--tokenizer -t --data --text-field --max-length --pack --num-proc --trust-remote-code --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--tokenizer -t --text-field --trust-remote-code --data --max-length --pack --num-proc --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "tokenize train")
             case "$prev" in
+                --output-dir|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --corpus) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --type) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --vocab-size) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --min-frequency) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-                --output-dir|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--corpus --type --vocab-size --min-frequency --lowercase --text-field --output-dir -o --overwrite --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--output-dir -o --overwrite --text-field --corpus --type --vocab-size --min-frequency --lowercase --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "tokenize vocab")
             case "$prev" in
@@ -451,7 +451,7 @@ _llmkit() {
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--tokenizer -t --search --ids --tokens --limit --trust-remote-code --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--tokenizer -t --trust-remote-code --search --ids --tokens --limit --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "tokenize")
             COMPREPLY=($(compgen -W "dataset show stats train vocab --help -h" -- "$cur"))

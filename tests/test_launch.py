@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_clean_error
-from helpers import heavy_modules_after
-from training_fixtures import configs, docs_file  # noqa: F401
+from helpers import assert_clean_error, heavy_modules_after
+
+
 
 DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                    "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")

@@ -10,7 +10,7 @@ import llmkit
 import llmkit.commands
 import llmkit.presets
 
-from conftest import HEAVY_MODULES
+from helpers import HEAVY_MODULES
 
 # modules `llmkit --help`, completion, memory-estimate and launch --dry-run import: heavy libraries only in functions
 LIGHT = ("llmkit", "llmkit.__main__", "llmkit.errors", "llmkit.config", "llmkit.configio", "llmkit.presets",

@@ -6,7 +6,7 @@ import pytest
 
 from llmkit import memory
 from llmkit.errors import ConfigError
-from llmkit.config import MemoryEstimateConfig
+from llmkit.config import MemoryEstimateConfig, parse_size
 
 TINY = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=4, vocab_size=100, tie_word_embeddings=False)
@@ -155,7 +155,7 @@ def test_json_keys(tiny):
 @pytest.mark.parametrize("text, value", [("24GiB", 24 * 2**30), ("8GB", 8 * 10**9), ("512MiB", 2**29),
                                          ("0", 0), (1000, 1000)])
 def test_parse_size(text, value):
-    assert memory.parse_size(text, "--gpu-memory") == value
+    assert parse_size(text, "--gpu-memory") == value
 
 
 def test_default_overhead_is_its_own_row(tiny):

@@ -4,9 +4,9 @@ import json
 import shutil
 
 import pytest
-from _quantize_fixtures import *  # noqa: F403
-from _quantize_fixtures import CHAT_TEMPLATE
-from conftest import assert_clean_error
+
+from helpers import CHAT_TEMPLATE, assert_clean_error
+
 
 TEXTS = ["The while statement is used for repeated execution as long as an expression is true.",
          "Names refer to objects."]

@@ -3,9 +3,9 @@
 import json
 
 import pytest
-from _quantize_fixtures import *  # noqa: F403
-from conftest import assert_clean_error
-from training_fixtures import one_thread  # noqa: F401
+
+from helpers import assert_clean_error
+
 
 
 def _untrained(kind: str, base, out):

@@ -3,9 +3,8 @@
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 
 def test_wheel_has_exactly_one_top_level_package(tmp_path):
@@ -16,7 +15,7 @@ def test_wheel_has_exactly_one_top_level_package(tmp_path):
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"llmkit"}
     # the wheel holds every module and every preset of the tree (not a list kept by hand)
-    tree = {str(path.relative_to(ROOT)) for path in (ROOT / "llmkit").rglob("*")
+    tree = {str(path.relative_to(ROOT / "src")) for path in (ROOT / "src" / "llmkit").rglob("*")
             if path.is_file() and path.suffix in (".py", ".yaml", ".json", ".jinja") and "__pycache__" not in path.parts}
     assert "llmkit/commands/sft.py" in tree and "llmkit/presets/tokenize/bpe-4k.yaml" in tree
     assert tree <= set(names), sorted(tree - set(names))

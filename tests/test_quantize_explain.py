@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import assert_clean_error
+from helpers import assert_clean_error
 
 from llmkit.config import QuantizeExplainConfig
 from llmkit.quantize import FP4_LEVELS, NF4_LEVELS, explain

@@ -3,9 +3,9 @@
 import json
 
 import pytest
-from _quantize_fixtures import *  # noqa: F403
-from _quantize_fixtures import build_llama
-from conftest import assert_clean_error
+
+from helpers import assert_clean_error, build_llama
+
 
 LINEARS = 14  # 2 blocks × (q, k, v, o, gate, up, down); lm_head stays full precision
 

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import assert_clean_error
+from helpers import assert_clean_error
 
 TEXTS = ["The for statement iterates over a sequence.", "Hello  world, naïve café!"]
 

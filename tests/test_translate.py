@@ -11,7 +11,7 @@ import shlex
 
 import pytest
 
-from conftest import assert_clean_error
+from helpers import assert_clean_error
 
 TINY = {
     # layer sizes are multiples of 64: bitsandbytes' CPU 4-bit kernels need that

@@ -1,0 +1,61 @@
+"""The errors llmkit reports to users: a message, a hint, and the exit code they map to.
+
+Exit codes (documented in README and `llmkit --help`):
+  0 success; 1 the operation failed (data, checkpoint, runtime); 2 usage or configuration error; 130 interrupted;
+  143 terminated (SIGTERM; a training run checkpoints first).
+"""
+
+from __future__ import annotations
+
+import sys
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143   # SIGTERM (SLURM and Kubernetes preemption): 128 + 15, as shells report it
+
+
+class LlmkitError(Exception):
+    """An expected failure: shown as `Error: <message>` and `Hint: <hint>`, never as a traceback."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class ConfigError(LlmkitError):
+    """A flag, preset or config file the user gave is wrong (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, hint: str | None = None, problems: list[str] | None = None):
+        super().__init__(message, hint)
+        self.problems = problems or [message]
+
+
+class DataError(LlmkitError):
+    """A data file cannot be read or does not have what the command needs (exit 1)."""
+
+
+class ModelLoadError(LlmkitError):
+    """A model or tokenizer cannot be loaded from the given path or hub id (exit 1)."""
+
+
+def as_user_error(exc: BaseException) -> LlmkitError | None:
+    """The one table from exceptions to what users see: an LlmkitError as it is; an operating-system error on a
+    named path (permissions, a file where a dir should be, a full disk) as exit 1 with that path; a config.json that
+    transformers' typed configs reject as exit 1; anything else is a bug, None, and keeps its traceback."""
+    if isinstance(exc, LlmkitError):
+        return exc
+    strict = getattr(sys.modules.get("huggingface_hub.errors"), "StrictDataclassError", None)
+    if strict is not None and isinstance(exc, strict):   # a config.json field of the wrong type (transformers 5)
+        return ModelLoadError(f"the model's config.json is invalid: {' '.join(str(exc).split())}",
+                              hint="fix that field in config.json (transformers names and types), or re-save the model")
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return LlmkitError(f"cannot use {exc.filename}: {exc.strerror or type(exc).__name__}",
+                           hint="check the path, its permissions and the free disk space")
+    return None

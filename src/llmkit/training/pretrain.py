@@ -1,0 +1,124 @@
+"""`llmkit pretrain`: train a model from scratch or continue pretraining, with any of the four objectives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmkit.config import PretrainConfig
+from llmkit.errors import ConfigError, DataError
+from llmkit.training import data, rundir
+from llmkit.training import objectives as o
+from llmkit.training import trainer as t
+from llmkit.training.run import ModelAdapter, Run, RunResult
+from llmkit.ui import Reporter
+
+
+@dataclass(kw_only=True)
+class PretrainResult(RunResult):
+    objective: str
+    perplexity: float | None
+    initial_perplexity: float | None     # before training (not on resume)
+
+
+# -------------------------------------------------------------------------------------------------------- data
+
+def build_rows(cfg: PretrainConfig, tokenizer, source: str, warnings: list[str], docs=None):
+    if docs is None:
+        documents = data.read_documents(source, cfg.text_field, tokenizer,
+                                        add_special_tokens=cfg.objective == "masked-lm",
+                                        append_eos=cfg.objective in ("causal-lm", "prefix-lm"))
+        warnings.extend(documents.warnings)
+        if documents.prepacked:
+            return documents.docs, [{"input_ids": d} for d in documents.docs]
+        docs = documents.docs
+    seq_len = cfg.seq_len
+    if cfg.padding_free:
+        rows, dropped = data.pack_padding_free(docs, seq_len, source)
+    elif cfg.pack:
+        rows, dropped = data.pack(docs, seq_len, source)
+    else:
+        min_len = {"causal-lm": 2, "prefix-lm": 2, "masked-lm": 1, "seq2seq": 2}[cfg.objective]
+        rows = data.chunk(docs, seq_len - 1 if cfg.objective == "seq2seq" else seq_len, min_len)
+        dropped = 0
+        if not rows:
+            raise DataError(f"{source}: every document is shorter than {min_len} tokens, too short for "
+                            f"{cfg.objective}", hint="give longer documents")
+    if dropped:
+        warnings.append(f"{source}: the last {dropped:,} tokens do not fill a block of {seq_len} and were dropped")
+    return docs, rows
+
+
+def make_collator(cfg: PretrainConfig, tokenizer, model):
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if cfg.objective == "causal-lm":
+        return o.CausalLMCollator(pad)
+    if cfg.objective == "prefix-lm":
+        return o.PrefixLMCollator(pad, dtype=next(model.parameters()).dtype, seed=cfg.seed)
+    if cfg.objective == "masked-lm":
+        return o.MaskedLMCollator(tokenizer, cfg.mlm_probability, cfg.mask_replace_prob, cfg.random_replace_prob,
+                                  cfg.whole_word_masking, seed=cfg.seed)
+    start = getattr(model.config, "decoder_start_token_id", None)
+    return o.Seq2SeqCollator(tokenizer, cfg.noise_density, cfg.mean_span_length, pad if start is None else start,
+                             seed=cfg.seed)
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+
+def run_pretrain(cfg: PretrainConfig, reporter: Reporter | None = None, callbacks: list | None = None,
+                 eval_before: bool = True, adapt_model: ModelAdapter | None = None) -> PretrainResult:
+    """Train; returns the result, or raises TrainingInterrupted (a KeyboardInterrupt) after Ctrl-C's checkpoint.
+    `adapt_model` (llmkit peft) loads the base its way and wraps it before anything trains."""
+    with Run(cfg, "llmkit pretrain", reporter, callbacks, adapt_model) as run:
+        return train_pretrain(run, eval_before)
+
+
+def train_pretrain(run: Run, eval_before: bool = True) -> PretrainResult:
+    """The recipe: model and tokenizer, rows for the objective, the model checked and adapted; then the run
+    directory, training, the record."""
+    cfg = run.cfg
+    model, tokenizer, fields = run.load_model_and_tokenizer()
+    if cfg.objective == "seq2seq":
+        added = o.ensure_sentinels(tokenizer, o.max_spans(cfg.seq_len, cfg.noise_density, cfg.mean_span_length))
+        if added:
+            run.warnings.append(f"added {added} sentinel tokens <extra_id_N> to the tokenizer for span corruption")
+    if cfg.objective == "masked-lm" and tokenizer.mask_token_id is None:
+        raise ConfigError("--objective masked-lm needs a mask token, and this tokenizer has none",
+                          hint="add one: tokenizer.add_special_tokens({'mask_token': '[MASK]'}) (or '<mask>'), "
+                               "save it, and pass it with --tokenizer")
+
+    docs, train_rows = build_rows(cfg, tokenizer, cfg.data, run.warnings)
+    eval_rows = None
+    if cfg.eval_split is not None:
+        train_docs, eval_docs = data.split_eval(docs, cfg.eval_split, cfg.seed)
+        _, train_rows = build_rows(cfg, tokenizer, cfg.data, run.warnings, docs=train_docs)
+        _, eval_rows = build_rows(cfg, tokenizer, f"{cfg.data} (eval split)", run.warnings, docs=eval_docs)
+    elif cfg.eval_data:
+        _, eval_rows = build_rows(cfg, tokenizer, cfg.eval_data, run.warnings)
+
+    model = run.build_or_grow(model, tokenizer, fields)
+    run.check_model(model, "--padding-free" if cfg.padding_free else None)
+    model = run.adapt(model)
+    run.start()   # every input problem has been reported: only now touch the run directory
+
+    collator = make_collator(cfg, tokenizer, model)
+    # rows with their (split, epoch, index): the objectives' randomness is a function of them (exact resume)
+    train_set = data.IndexedRows(train_rows, "train")
+    eval_set = data.IndexedRows(eval_rows, "eval") if eval_rows else None
+    args = run.training_arguments(has_eval=eval_set is not None)
+    total, trainable = run.parameters
+    run.reporter.info(f"{cfg.objective}: {type(model).__name__} with {total:,} parameters ({trainable:,} trainable); "
+                      f"{len(train_set):,} training rows ({train_set.tokens:,} tokens)"
+                      + (f", {len(eval_set):,} eval rows" if eval_set else ""))
+    run.forecast_memory(model, args)
+    trainer = t.LlmkitTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                              data_collator=collator, processing_class=tokenizer,
+                              compute_loss_func=o.make_loss(cfg.objective), objective=cfg.objective)
+    outcome = run.train(trainer, collator, tokenizer, eval_before=eval_before, callbacks=[t.EpochCallback(train_set)])
+    initial, final_eval = outcome.initial_eval, outcome.final_eval
+    return run.finish(
+        PretrainResult, trainer, outcome,
+        data=run.data_record(train_rows=len(train_set), train_tokens=train_set.tokens, eval_source=run.eval_source(),
+                             eval_fingerprint=rundir.fingerprint(cfg.eval_data) if cfg.eval_data else None,
+                             eval_rows=len(eval_set) if eval_set else 0),
+        objective=cfg.objective, perplexity=None if final_eval is None else round(t.perplexity(final_eval), 4),
+        initial_perplexity=None if initial is None else round(t.perplexity(initial), 4))
