@@ -103,11 +103,11 @@ def _positive(problems: list[str], flag: str, value: int | float | None) -> None
         problems.append(f"{flag} must be greater than 0 (got {value})")
 
 
-# ------------------------------------------------- blocks shared by generate, tokenize, quantize, merge, quickstart
+# ---------------------------------------- blocks shared across commands (the training blocks redeclare their fields)
 
 @config_class
 class RemoteCodeArgs:
-    """Every command that loads from the hub (the training commands have it in ModelArgs)."""
+    """Every command that loads from the hub."""
 
     trust_remote_code: bool = opt(False, "Allow a hub repo's own Python code to run (only for authors you trust).")
 
@@ -405,9 +405,9 @@ class ModelArgs:
 
     model: str = opt("", "A model dir or hub id (continued training); with --from-scratch a model preset (`llmkit "
                          "presets`) or a config.json.", short="-m")
-    tokenizer: str | None = opt(None, "Tokenizer: a local dir, a tokenizer.json file or a hub id.", short="-t")
+    tokenizer: str | None = redefault(TokenizerArgs, "tokenizer", None)
     from_scratch: bool = opt(False, "Random initialisation from --model's architecture (needs --tokenizer).")
-    trust_remote_code: bool = opt(False, "Allow a hub repo's own Python code to run (only for authors you trust).")
+    trust_remote_code: bool = redefault(RemoteCodeArgs, "trust_remote_code", False)
 
     def _model_problems(self, problems: list[str]) -> None:
         if not self.model:
@@ -493,9 +493,9 @@ class TrainArgs:
     save_steps: int = opt(500, "Checkpoint every N steps.")
     save_total_limit: int | None = opt(2, "Keep this many checkpoints.")
     logging_steps: int = opt(10, "A metrics row and progress line every N steps.")
-    seed: int = opt(0, "Random seed.")
-    output_dir: str = opt("", "Where results are written.", short="-o")
-    overwrite: bool = opt(False, "Replace a non-empty --output-dir.")
+    seed: int = redefault(SeedArgs, "seed", 0)
+    output_dir: str = redefault(OutputArgs, "output_dir", "")
+    overwrite: bool = redefault(OutputArgs, "overwrite", False)
     resume: str | None = opt(None, "auto (the last intact checkpoint in --output-dir) or a checkpoint dir.")
     report_to: ReportTo = opt("none", "Where metrics go besides metrics.jsonl (tensorboard: OUTPUT/tensorboard).")
     deepspeed: str | None = opt(None, "A DeepSpeed JSON config, passed to the Trainer as is.")
