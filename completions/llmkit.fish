@@ -217,7 +217,7 @@ complete -c llmkit -n '__fish_seen_subcommand_from peft' -l prefix-projection -l
 complete -c llmkit -n '__fish_seen_subcommand_from peft' -l quant -r -F -d 'none | int8 | nf4 | fp4: load the base through bitsandbytes (QLoRA, with --method lora) (default none).'
 complete -c llmkit -n '__fish_seen_subcommand_from peft' -l double-quant -d 'nf4/fp4: quantize the block constants too (4.127 instead of 4.5 bits per weight).'
 complete -c llmkit -n '__fish_seen_subcommand_from peft' -l compute-dtype -r -F -d 'auto | fp32 | bf16 | fp16: 4-bit matmuls (auto: bf16 on a GPU that has it, else fp32) (default auto).'
-complete -c llmkit -n '__fish_seen_subcommand_from peft' -l base-dtype -r -F -d 'fp32 | bf16 | fp16: the frozen bases weights (adapters stay fp32); bf16 halves the bases memory (default fp32).'
+complete -c llmkit -n '__fish_seen_subcommand_from peft' -l base-dtype -r -F -d 'fp32 | fp16 | bf16: the frozen bases weights (adapters stay fp32); bf16 halves the bases memory (default fp32).'
 complete -c llmkit -n '__fish_seen_subcommand_from peft' -l preset -r -F -d 'A shipped preset (see `llmkit presets`). The config file and flags override it.'
 complete -c llmkit -n '__fish_seen_subcommand_from peft' -l config -r -F -d 'YAML/JSON file of settings (keys are the long flag names). Flags override it.'
 complete -c llmkit -n '__fish_seen_subcommand_from peft' -l print-config -d 'Print the resolved configuration and exit without doing anything.'

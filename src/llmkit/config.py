@@ -49,7 +49,8 @@ config_class = dataclass(frozen=True, eq=False, repr=False)
 
 def opt(default: Any, help: str, *, short: str | None = None, flag: str | None = None, panel: str | None = None,
         negatable: bool | str = False, aliases: tuple[str, ...] = (), repeatable: bool = False,
-        positional: bool = False, path: bool = False, parse: Callable[[str], Any] | None = None):
+        positional: bool = False, path: bool = False, parse: Callable[[str], Any] | None = None,
+        source: str | None = None):
     """A config field that is also a command-line option: its default, its help (the default is added to it when
     the options are generated), its flag (default: --field-name), a one-letter alias and other names (another
     command's name for the same idea), the --help panel (default: its block's PANEL, or that of the block that
@@ -57,10 +58,12 @@ def opt(default: Any, help: str, *, short: str | None = None, flag: str | None =
 
     A list field is one comma-separated flag unless `repeatable` (the flag once per item) or `positional` (the
     command's arguments); `path` lets the shell complete file names; `parse` reads a flag's text (each text of a
-    repeatable flag) where the resolver's own reading does not fit."""
+    repeatable flag) where the resolver's own reading does not fit; `source` (model, tokenizer, adapter, data) marks
+    an input that, given as a local path, must exist (llmkit.preflight checks it before any heavy import)."""
     return field(default=default, metadata={"help": help, "short": short, "flag": flag, "panel": panel,
                                             "negatable": negatable, "aliases": aliases, "repeatable": repeatable,
-                                            "positional": positional, "path": path, "parse": parse})
+                                            "positional": positional, "path": path, "parse": parse,
+                                            "source": source})
 
 
 def redefault(block: type, name: str, default: Any):
@@ -134,7 +137,8 @@ class TextFieldArgs:
 
 @config_class
 class TokenizerArgs:
-    tokenizer: str = opt("", "Tokenizer: a local dir, a tokenizer.json file or a hub id.", short="-t")
+    tokenizer: str = opt("", "Tokenizer: a local dir, a tokenizer.json file or a hub id.", short="-t",
+                         source="tokenizer")
 
     def _tokenizer_problems(self, problems: list[str]) -> None:
         if not self.tokenizer:
@@ -145,7 +149,7 @@ class TokenizerArgs:
 class ModelDeviceArgs:
     """The model an inference command loads and where it runs (generate, quantize; a future serve)."""
 
-    model: str = opt("", "The model: a local dir or hub id.", short="-m")
+    model: str = opt("", "The model: a local dir or hub id.", short="-m", source="model")
     device: Device = opt("auto", "Where the model runs (default auto: cuda when available).")
 
 
@@ -154,7 +158,8 @@ class ModelLoadArgs(ModelDeviceArgs):
     """How generate (and a future serve) loads its model: adapter, task head, dtype, bitsandbytes weights."""
 
     PANEL: ClassVar[str] = "Model loading"
-    adapter: str | None = opt(None, "A PEFT adapter dir trained on --model (whose base it must name).")
+    adapter: str | None = opt(None, "A PEFT adapter dir trained on --model (whose base it must name).",
+                              source="adapter")
     task: GenerateTask | None = opt(None, "What the model does (default: from the architecture and its head).")
     dtype: Dtype = opt("auto", "The weights' dtype (default auto: the checkpoint's).")
     load_in_8bit: bool = opt(False, "bitsandbytes int8 weights.")
@@ -212,7 +217,8 @@ class TokenizeVocabConfig(RemoteCodeArgs, TokenizerArgs):
 @config_class
 class TokenizeTrainConfig(TextFieldArgs, OutputArgs):
     preset_kind: ClassVar[str] = "tokenize"
-    corpus: tuple[str, ...] = opt((), "Text, jsonl, json, csv or parquet file (repeat for several).", repeatable=True)
+    corpus: tuple[str, ...] = opt((), "Text, jsonl, json, csv or parquet file (repeat for several).", repeatable=True,
+                                  source="data")
     type: TokenizerType = opt("bpe", "bpe (byte-level: lossless, no unknown tokens) | wordpiece | unigram.")
     vocab_size: int = opt(8000, "Tokens, special tokens included.")
     min_frequency: int = opt(2, "Least count of a merge (or piece).")
@@ -235,7 +241,7 @@ class TokenizeDatasetConfig(RemoteCodeArgs, TextFieldArgs, OutputArgs, Tokenizer
     """`tokenize dataset`, and `tokenize stats` (no --output-dir: statistics only)."""
 
     preset_kind: ClassVar[str] = "tokenize"
-    data: str = opt("", "jsonl, json, csv, parquet, txt, a saved dataset dir or a hub dataset name.")
+    data: str = opt("", "jsonl, json, csv, parquet, txt, a saved dataset dir or a hub dataset name.", source="data")
     max_length: int | None = opt(None, "Most tokens per sequence (longer ones are truncated); with --pack, the block "
                                        "length.")
     pack: bool = opt(False, "Concatenate documents with eos between them and cut blocks of --max-length.")
@@ -404,7 +410,7 @@ class ModelArgs:
     PANEL: ClassVar[str] = "Model"
 
     model: str = opt("", "A model dir or hub id (continued training); with --from-scratch a model preset (`llmkit "
-                         "presets`) or a config.json.", short="-m")
+                         "presets`) or a config.json.", short="-m", source="model")
     tokenizer: str | None = redefault(TokenizerArgs, "tokenizer", None)
     from_scratch: bool = opt(False, "Random initialisation from --model's architecture (needs --tokenizer).")
     trust_remote_code: bool = redefault(RemoteCodeArgs, "trust_remote_code", False)
@@ -422,9 +428,9 @@ class DataArgs:
     PANEL: ClassVar[str] = "Data"
 
     data: str = opt("", "Training data: jsonl, json, csv, parquet, txt, a `llmkit tokenize dataset` dir, or a hub "
-                        "dataset.")
+                        "dataset.", source="data")
     text_field: str = opt("text", "The field that holds the text; sft --task seq-cls: the text column.")
-    eval_data: str | None = opt(None, "A separate evaluation set (same formats as --data).")
+    eval_data: str | None = opt(None, "A separate evaluation set (same formats as --data).", source="data")
     eval_split: float | None = opt(None, "Hold out this share (0-1) or this many documents (>= 1) of --data for "
                                          "evaluation.")
     seq_len: int = opt(512, "Tokens per training row.")
@@ -676,7 +682,6 @@ PeftMethod = Literal["lora", "ia3", "prompt-tuning", "p-tuning", "prefix-tuning"
 PeftObjective = Literal["sft", "causal-lm", "masked-lm", "seq2seq", "prefix-lm"]
 PromptInit = Literal["random", "text"]
 PromptEncoder = Literal["mlp", "lstm"]
-BaseDtype = Literal["fp32", "bf16", "fp16"]
 PROMPT_METHODS = ("prompt-tuning", "p-tuning", "prefix-tuning")
 # the usual starting points (peft's examples and papers): adapters want far larger steps than full fine-tuning
 DEFAULT_PEFT_LR = {"lora": 2e-4, "ia3": 3e-3, "prompt-tuning": 3e-2, "p-tuning": 1e-3, "prefix-tuning": 1e-2}
@@ -712,7 +717,7 @@ class PeftArgs:
                                     "weight).", panel="QLoRA")
     compute_dtype: Dtype = opt("auto", "4-bit matmuls (auto: bf16 on a GPU that has it, else fp32).",
                                       panel="QLoRA")
-    base_dtype: BaseDtype = opt("fp32", "The frozen base's weights (adapters stay fp32); bf16 halves the base's "
+    base_dtype: Precision = opt("fp32", "The frozen base's weights (adapters stay fp32); bf16 halves the base's "
                                         "memory.")
 
     def _peft_problems(self, problems: list[str]) -> None:
@@ -813,7 +818,8 @@ class PromptArgs:
     system: str | None = opt(None, "System message for --message, --chat and `messages` lines.")
     chat_template: str | None = opt(None, "Jinja chat template file (default: the tokenizer's own, e.g. saved with a "
                                           "run).", path=True)
-    input: str | None = opt(None, "Batch: JSONL with a `prompt` or a `messages` list per line.", path=True)
+    input: str | None = opt(None, "Batch: JSONL with a `prompt` or a `messages` list per line.", path=True,
+                            source="data")
     output: str | None = opt(None, "Batch: JSONL results in input order; lines already there are skipped (resume).",
                              path=True)
     chat: bool = opt(False, "Interactive chat (/help lists its commands); reads one turn per line when stdin is not "
@@ -1123,8 +1129,10 @@ MERGE_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
 class MergeSourceArgs:
     """What merge folds together (first in --print-config: what the merged model is made of)."""
 
-    adapter: str = opt("", "The PEFT adapter dir (LoRA or IA3; from `llmkit peft` or peft).", short="-a")
-    base: str | None = opt(None, "The base model: dir or hub id (default: the one the adapter records).", short="-m")
+    adapter: str = opt("", "The PEFT adapter dir (LoRA or IA3; from `llmkit peft` or peft).", short="-a",
+                       source="adapter")
+    base: str | None = opt(None, "The base model: dir or hub id (default: the one the adapter records).", short="-m",
+                           source="model")
 
 
 @config_class

@@ -132,10 +132,15 @@ def config_command(cls, *, skip: tuple[str, ...] = (), extra: tuple = ()):
                                                                            "json_"))
             passed = {p.name: values.pop(p.name) for p in extra}
             overrides = {k: _as_given(v) for k, v in values.items()}
-            return body(build_config(cls, preset, config, overrides, print_config, json_), Output(json_), **passed)
+            cfg = build_config(cls, preset, config, overrides, print_config, json_)
+            from llmkit.preflight import check_sources
+
+            check_sources(cfg)   # a mistyped local path fails now, before any heavy import
+            return body(cfg, Output(json_), **passed)
 
         command.__signature__ = inspect.Signature(list(extra) + config_parameters(cls, skip) + common)
         command.__name__, command.__doc__ = body.__name__, body.__doc__
+        command.config_class = cls   # what the command resolves (tests walk every command's fields)
         return command
 
     return decorate

@@ -291,7 +291,7 @@ def run_batch(cfg: GenerateConfig, generator: Generator | None = None,
 def _generate_batch(cfg, generator, reporter, records, error, gc, params, out: BatchOutput,
                     started: float) -> BatchResult:
     if gc is not None:
-        generator._seed(gc)
+        generator.seed_sampling(gc)
     tokens = {"prompt": 0, "completion": 0}
 
     def rows_of(chunk: list[_Prompt]) -> list[dict]:
@@ -300,7 +300,7 @@ def _generate_batch(cfg, generator, reporter, records, error, gc, params, out: B
                                                for m in generator.fill_mask(p.text, cfg.top_k).masks]}
                     for p in chunk]
         # chat lines and plain lines tokenize differently; keep input order within the chunk
-        ids = [generator._fit_context(generator.encode([p.text], p.chat)[0][0], gc)[0] for p in chunk]
+        ids = [generator.fit_context(generator.encode([p.text], p.chat)[0][0], gc)[0] for p in chunk]
         sequences, _ = generator.generate_ids(ids, gc)
         rows = []
         for p, prompt_ids, group in zip(chunk, ids, sequences):

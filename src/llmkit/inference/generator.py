@@ -286,7 +286,9 @@ class Generator:
         encoded = self.tokenizer(texts, add_special_tokens=not chat)["input_ids"]
         return [list(ids) for ids in encoded], [0] * len(encoded)
 
-    def _fit_context(self, ids: list[int], gc) -> tuple[list[int], int]:
+    def fit_context(self, ids: list[int], gc) -> tuple[list[int], int]:
+        """The prompt ids that fit the context with room for the new tokens (a long prompt keeps its end), and how
+        many were cut."""
         if self.context is None or self.encoder_decoder:
             if self.encoder_decoder and self.context is not None and len(ids) > self.context:
                 cut = len(ids) - self.context
@@ -396,14 +398,15 @@ class Generator:
         ids = self.encode([text], chat)[0][0]
         if not ids:
             raise ConfigError("the prompt is empty after tokenization", hint="give some text")
-        ids, cut = self._fit_context(ids, gc)
-        self._seed(gc)
+        ids, cut = self.fit_context(ids, gc)
+        self.seed_sampling(gc)
         sequences, timings = self.generate_ids([ids], gc, on_text=on_text, stop_event=stop_event)
         return GenerateResult(model=self.name, task=self.task, prompt=self.task_prefix + text, prompt_tokens=len(ids),
                               sequences=sequences[0], params=self.params_of(gc), timings=timings,
                               truncated_prompt_tokens=cut)
 
-    def _seed(self, gc) -> None:
+    def seed_sampling(self, gc) -> None:
+        """--seed before sampling, so a sampled run repeats."""
         if self.cfg.seed is not None:
             import torch
 
