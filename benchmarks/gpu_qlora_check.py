@@ -1,4 +1,4 @@
-"""QLoRA's gradient invariant on bitsandbytes' CUDA kernels (tests/test_qlora_invariants.py checks its CPU ones).
+"""QLoRA's gradient invariant on bitsandbytes' CUDA kernels (tests/training/test_qlora_invariants.py checks its CPU ones).
 
     python benchmarks/gpu_qlora_check.py                        # on a CUDA machine; elsewhere it says so, exit 0
     python benchmarks/gpu_qlora_check.py --device cpu           # the same check on the CPU kernels

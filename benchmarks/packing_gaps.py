@@ -1,6 +1,6 @@
 """Packed vs per-example logits for every causal-LM family llmkit names (the figures behind llmkit.training.packing).
 
-For each family, a tiny random model (the configs of tests/test_family_invariants.py) gets the batches llmkit really
+For each family, a tiny random model (the configs of tests/training/test_family_invariants.py) gets the batches llmkit really
 trains on — `pretrain --padding-free` blocks and `sft --pack` blocks — and the largest |logit difference| against the
 same documents run one at a time is printed, with llmkit's verdict (packed or refused).
 

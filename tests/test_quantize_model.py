@@ -186,3 +186,17 @@ def test_print_config_imports_nothing_heavy(argv):
 
     code, heavy, out = heavy_modules_after(argv)
     assert code == 0 and heavy == [] and out.startswith(("model: x", "adapter: x"))
+
+
+def test_json_stdout_is_one_document_in_a_fresh_process(llama_dir, lora_dir, tmp_path):
+    """In a fresh process, importing DeepSpeed (through transformers) printed its accelerator notice on stdout
+    before the JSON document of `quantize model` and `merge`."""
+    import subprocess
+    import sys
+
+    for argv in (["quantize", "model", "-m", str(llama_dir), "--method", "int8", "-o", str(tmp_path / "q")],
+                 ["merge", "--adapter", str(lora_dir), "--base", str(llama_dir), "-o", str(tmp_path / "m")]):
+        proc = subprocess.run([sys.executable, "-m", "llmkit", *argv, "--json"], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert isinstance(json.loads(proc.stdout), dict), proc.stdout[:200]   # one document, nothing before it

@@ -1120,6 +1120,7 @@ class QuantizeCompareConfig(QuantEvalArgs):
         validate(problems)
 
 
+_SHARD_SIZE = re.compile(r"[0-9]+(GiB|MiB|KiB|GB|MB|KB)", re.IGNORECASE)   # transformers' convert_file_size_to_int
 MergeStrategy = Literal["dequantize", "original", "requantize"]
 # Default --tolerance (max |Δlogit| relative to the largest |logit|) by the dtype the merged model is saved in.
 MERGE_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
@@ -1157,6 +1158,9 @@ class MergeConfig(RemoteCodeArgs, OutputArgs, MergeSourceArgs):
             problems.append(f"--tolerance must be 0 or more (got {self.tolerance})")
         if any(not p.strip() for p in self.probes):
             problems.append("--probe must not be empty")
+        if not _SHARD_SIZE.fullmatch(str(self.max_shard_size)) or not int(re.sub(r"\D", "", str(self.max_shard_size))):
+            problems.append(f"--max-shard-size {self.max_shard_size!r} is not a size save_pretrained takes: a whole "
+                            "number and a unit, e.g. 2GB, 500MB, 4GiB")
         validate(problems)
 
 

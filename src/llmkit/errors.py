@@ -48,13 +48,21 @@ class ModelLoadError(LlmkitError):
 def as_user_error(exc: BaseException) -> LlmkitError | None:
     """The one table from exceptions to what users see: an LlmkitError as it is; an operating-system error on a
     named path (permissions, a file where a dir should be, a full disk) as exit 1 with that path; a config.json that
-    transformers' typed configs reject as exit 1; anything else is a bug, None, and keeps its traceback."""
+    transformers' typed configs reject, a damaged safetensors file or an unsafe pickle as exit 1; anything else is
+    a bug, None, and keeps its traceback."""
     if isinstance(exc, LlmkitError):
         return exc
     strict = getattr(sys.modules.get("huggingface_hub.errors"), "StrictDataclassError", None)
     if strict is not None and isinstance(exc, strict):   # a config.json field of the wrong type (transformers 5)
         return ModelLoadError(f"the model's config.json is invalid: {' '.join(str(exc).split())}",
                               hint="fix that field in config.json (transformers names and types), or re-save the model")
+    if type(exc).__name__ == "SafetensorError":   # safetensors' Rust error: a truncated or damaged weights file
+        return ModelLoadError(f"a weights file is damaged or incomplete: {str(exc).splitlines()[0]}",
+                              hint="download or save the model again (an interrupted copy leaves a short file)")
+    if type(exc).__name__ == "UnpicklingError" and "weights_only" in str(exc):
+        return ModelLoadError("the checkpoint is a pickle that torch will not load safely: it holds more than "
+                              "tensors (pickles can run code)",
+                              hint="use a safetensors copy of the model; llmkit never loads pickles unsafely")
     if isinstance(exc, OSError) and exc.filename is not None:
         return LlmkitError(f"cannot use {exc.filename}: {exc.strerror or type(exc).__name__}",
                            hint="check the path, its permissions and the free disk space")

@@ -182,6 +182,7 @@ class Source:
         self.device = resolve_device(cfg.device)
         check_model_source(name)
         refuse_quantized(name, cfg.trust_remote_code)
+        refuse_task_heads(name, cfg.trust_remote_code)
         # Everything that can be refused is refused on a weightless (meta) copy, before any loading.
         skeleton = meta_model(name, cfg.trust_remote_code)
         self.skip = skip_modules(skeleton, cfg.skip_modules)
@@ -257,6 +258,22 @@ def meta_model(name: str, trust_remote_code: bool = False, task: str = "causal-l
 
 def prepare_source(name: str, cfg, reporter: Reporter, specs: list[QuantSpec]) -> Source:
     return Source(name, cfg, reporter, specs)
+
+
+def refuse_task_heads(name: str, trust_remote_code: bool = False) -> None:
+    """`quantize model` measures a causal LM (perplexity, logits through AutoModelForCausalLM): a checkpoint with
+    another head would load as a causal LM with a new, random head whose layers bitsandbytes never quantized."""
+    from llmkit.inference.loading import load_model_config
+    from llmkit.inference.tasks import head_task
+
+    config = load_model_config(name, trust_remote_code)
+    task = head_task(config)
+    archs = list(getattr(config, "architectures", None) or [])
+    if task is not None or (archs and not any(a.endswith(("CausalLM", "LMHeadModel")) for a in archs)):
+        raise ConfigError(f"{name} is a {', '.join(archs)} checkpoint ({task or 'not a causal LM'}): `quantize "
+                          "model` measures causal LMs",
+                          hint=f"load it quantized where it runs: llmkit generate -m {name} --load-in-8bit (or "
+                               "--load-in-4bit)")
 
 
 def refuse_quantized(name: str, trust_remote_code: bool = False) -> None:

@@ -15,6 +15,12 @@ def quiet_optional_kernel_notices() -> None:
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
+def quiet_unpickler_notices() -> None:
+    """torch's safe unpickler warns about the pickle protocol of a file it is about to refuse; the refusal (an
+    `Error:` line) is what the user needs."""
+    warnings.filterwarnings("ignore", message=r"Detected pickle protocol", category=UserWarning)
+
+
 def quiet_peft_notices() -> None:
     """peft's k-bit preparation asks transformers 5 a deprecated question; the answer is right."""
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)

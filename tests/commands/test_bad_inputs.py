@@ -172,3 +172,39 @@ def test_a_mistyped_local_path_fails_before_any_heavy_import(cli, argv, message,
     code, heavy, _ = heavy_modules_after(argv)   # a fresh interpreter: what the check needed
     assert code == 1 and heavy == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]
+
+
+def test_quantize_model_refuses_a_classifier_before_loading_it(cli, bert_classifier, tmp_path):
+    """A BERT classifier loaded as a causal LM got a new head that bitsandbytes never quantized: a traceback."""
+    result = cli("quantize", "model", "-m", bert_classifier, "--method", "int8", "-o", tmp_path / "q")
+    assert_clean_error(result, 2, "BertForSequenceClassification", "measures causal LMs", "--load-in-8bit")
+    assert not (tmp_path / "q").exists()
+
+
+def test_damaged_weights_and_unsafe_pickles_are_errors_not_tracebacks(cli, bert_classifier, tmp_path):
+    import pickle
+    import shutil
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(bert_classifier, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])   # an interrupted download
+    assert_clean_error(cli("generate", "-m", truncated, "--prompt", "hi"), 1, "damaged or incomplete")
+
+    class RunsCode:
+        def __reduce__(self):
+            return (print, ("this pickle ran code",))
+
+    unsafe = tmp_path / "unsafe"
+    shutil.copytree(bert_classifier, unsafe, ignore=shutil.ignore_patterns("model.safetensors"))
+    (unsafe / "pytorch_model.bin").write_bytes(pickle.dumps(RunsCode()))
+    result = cli("generate", "-m", unsafe, "--prompt", "hi")
+    assert_clean_error(result, 1, "will not load safely")
+    assert "this pickle ran code" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("size", ["12QB", "0GB", "2G", "1.5GB"])
+def test_merge_checks_the_shard_size_before_merging(cli, tmp_path, size):
+    """A bad --max-shard-size was found by save_pretrained, after the whole merge."""
+    assert_clean_error(cli("merge", "--adapter", tmp_path, "-o", tmp_path / "out", "--max-shard-size", size), 2,
+                       f"--max-shard-size '{size}' is not a size save_pretrained takes")

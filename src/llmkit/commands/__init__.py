@@ -10,9 +10,10 @@ import typer
 from typer.core import TyperGroup
 
 from llmkit import __version__
-from llmkit.runtime import quiet_optional_kernel_notices
+from llmkit.runtime import quiet_optional_kernel_notices, quiet_unpickler_notices
 
 quiet_optional_kernel_notices()
+quiet_unpickler_notices()
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 the operation failed (data, checkpoint, runtime); "

@@ -136,7 +136,9 @@ def config_command(cls, *, skip: tuple[str, ...] = (), extra: tuple = ()):
             from llmkit.preflight import check_sources
 
             check_sources(cfg)   # a mistyped local path fails now, before any heavy import
-            return body(cfg, Output(json_), **passed)
+            out = Output(json_)
+            with out.json_only_stdout():
+                return body(cfg, out, **passed)
 
         command.__signature__ = inspect.Signature(list(extra) + config_parameters(cls, skip) + common)
         command.__name__, command.__doc__ = body.__name__, body.__doc__

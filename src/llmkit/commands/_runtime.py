@@ -1,5 +1,6 @@
 """What every command shares: error handling and exit codes, config building, JSON and rich output."""
 
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -139,9 +140,10 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-def emit_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(to_jsonable(value), ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+def emit_json(value: Any, stream=None) -> None:
+    stream = stream or sys.stdout
+    stream.write(json.dumps(to_jsonable(value), ensure_ascii=False) + "\n")
+    stream.flush()
 
 
 def console():
@@ -157,6 +159,21 @@ class Output:
     def __init__(self, json_mode: bool):
         self.json = json_mode
         self._result_written = False
+        self._stdout = None   # under json_only_stdout: the real stdout, kept for the result
+
+    @contextlib.contextmanager
+    def json_only_stdout(self):
+        """Under --json, everything else written to stdout while the command runs (libraries that print notices,
+        such as DeepSpeed's accelerator line on import) goes to stderr: stdout holds the result alone."""
+        if not self.json:
+            yield
+            return
+        self._stdout = sys.stdout
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                yield
+        finally:
+            self._stdout = None
 
     @functools.cached_property
     def report(self):
@@ -170,7 +187,7 @@ class Output:
         assert not self._result_written, "a command writes one result: under --json, exactly one JSON document"
         self._result_written = True
         if self.json:
-            emit_json(value)
+            emit_json(value, self._stdout)
         elif render is not None:
             render(value)
 
