@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal, get_args
 
 from llmkit.configio import comma_list, validate
 from llmkit.errors import ConfigError
@@ -21,11 +21,13 @@ TokenizerType = Literal["bpe", "wordpiece", "unigram"]
 Padding = Literal["longest", "max_length", "none"]
 Mode = Literal["train", "inference"]
 Task = Literal["causal-lm", "masked-lm", "seq2seq", "seq-cls"]
-Precision = Literal["fp32", "fp16", "bf16"]
-MixedPrecision = Literal["no", "fp16", "bf16"]
-Quant = Literal["none", "int8", "nf4", "fp4"]
+Precision = Literal["fp32", "bf16", "fp16"]                 # the dtype weights are stored in
+MixedPrecision = Literal[("no", *get_args(Precision)[1:])]   # autocast over fp32 weights
+QuantMethod = Literal["int8", "nf4", "fp4"]             # bitsandbytes weight formats
+Quant = Literal[("none", *get_args(QuantMethod))]   # memory-estimate, peft: none or one of them
 Optimizer = Literal["adamw", "adamw-fused", "adamw-8bit", "paged-adamw-8bit", "adafactor", "sgd", "sgd-momentum"]
-Peft = Literal["none", "lora", "ia3", "prompt-tuning", "p-tuning", "prefix-tuning"]
+PeftMethod = Literal["lora", "ia3", "prompt-tuning", "p-tuning", "prefix-tuning"]
+Peft = Literal[("none", *get_args(PeftMethod))]   # memory-estimate: a full fine-tune or an adapter
 FLOAT32_MAX = 3.4028234663852886e38   # training hyperparameters reach the optimizer as float32
 SUPPORTED_4BIT_BLOCKSIZES = (64, 128, 256, 512, 1024, 2048, 4096)   # bitsandbytes' 4-bit blocksizes
 Attention = Literal["eager", "sdpa", "flash"]
@@ -36,7 +38,7 @@ ZeroStage = Literal[0, 1, 2, 3]
 STRATEGY_ZERO = {"ddp": (0, "none"), "zero1": (1, "none"), "zero2": (2, "none"), "zero3": (3, "none"),
                  "zero2-offload": (2, "optimizer"), "zero3-offload": (3, "optimizer+params"), "fsdp": (3, "none")}
 LaunchStrategy = Literal[(*STRATEGY_ZERO, "auto")]
-Dtype = Literal["auto", "fp32", "bf16", "fp16"]
+Dtype = Literal[("auto", *get_args(Precision))]   # auto: the checkpoint's own
 Device = Literal["auto", "cpu", "cuda"]
 GenerateTask = Literal["text-generation", "summarization", "translation", "fill-mask", "text-classification",
                        "token-classification", "question-answering", "feature-extraction"]
@@ -678,8 +680,7 @@ class SFTConfig(TrainArgs, OptimArgs, DataArgs, ModelArgs):
         return "causal-lm" if self.task == "chat" else self.task
 
 
-PeftMethod = Literal["lora", "ia3", "prompt-tuning", "p-tuning", "prefix-tuning"]
-PeftObjective = Literal["sft", "causal-lm", "masked-lm", "seq2seq", "prefix-lm"]
+PeftObjective = Literal[("sft", *get_args(Objective))]
 PromptInit = Literal["random", "text"]
 PromptEncoder = Literal["mlp", "lstm"]
 PROMPT_METHODS = ("prompt-tuning", "p-tuning", "prefix-tuning")
@@ -1049,7 +1050,6 @@ class QuantizeExplainConfig:
         validate(problems)
 
 
-QuantMethod = Literal["int8", "nf4", "fp4"]
 COMPARE_METHODS = ("int8", "nf4", "fp4", "nf4+dq")
 
 
