@@ -239,7 +239,7 @@ def test_malformed_jsonl_line_names_file_and_line(cli, tmp_path, bpe_dir):
 def test_missing_text_field_lists_the_fields(cli, tmp_path, bpe_dir):
     data = tmp_path / "d.jsonl"
     data.write_text('{"title": "a", "body": "b"}\n')
-    assert_clean_error(cli("tokenize", "stats", "-t", bpe_dir, "--data", data), 2, "no field 'text'",
+    assert_clean_error(cli("tokenize", "stats", "-t", bpe_dir, "--data", data), 1, "no field 'text'",
                        "fields found: title, body", "--text-field")
 
 

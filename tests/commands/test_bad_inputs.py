@@ -208,3 +208,34 @@ def test_merge_checks_the_shard_size_before_merging(cli, tmp_path, size):
     """A bad --max-shard-size was found by save_pretrained, after the whole merge."""
     assert_clean_error(cli("merge", "--adapter", tmp_path, "-o", tmp_path / "out", "--max-shard-size", size), 2,
                        f"--max-shard-size '{size}' is not a size save_pretrained takes")
+
+
+def test_a_run_refused_for_this_machine_leaves_nothing_that_blocks_its_rerun(cli, bert_classifier, tmp_path):
+    """fp16 on a CPU was refused after the run dir (resolved_config.yaml, metrics.jsonl) was created: the corrected
+    rerun was then refused for a non-empty --output-dir."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("fp16 runs where there is a GPU")
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("".join(json.dumps({"text": f"review {i}", "label": i % 2}) + "\n" for i in range(6)))
+    result = cli("sft", "--task", "seq-cls", "-m", bert_classifier, "--data", data, "-o", tmp_path / "run",
+                 "--max-steps", 1, "--mixed-precision", "fp16")
+    assert_clean_error(result, 2, "--mixed-precision fp16 needs a GPU")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_data_file_without_the_field_is_exit_1_in_every_command(cli, bert_classifier, tmp_path):
+    """The same missing field exited 2 in tokenize and pretrain and 1 in sft --task and generate --input."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"body": "a film"}\n{"body": "a book"}\n')
+    for argv, fragment in (
+            (["tokenize", "stats", "-t", bert_classifier, "--data", data], "no field 'text'"),
+            (["tokenize", "dataset", "-t", bert_classifier, "--data", data, "-o", tmp_path / "ds"], "no field 'text'"),
+            (["pretrain", "-m", bert_classifier, "--objective", "masked-lm", "--data", data, "-o", tmp_path / "r1"],
+             "no field 'text'"),
+            (["sft", "--task", "seq-cls", "-m", bert_classifier, "--data", data, "-o", tmp_path / "r2"],
+             "no field 'label'"),
+            (["generate", "-m", bert_classifier, "--input", data, "--output", tmp_path / "out.jsonl"], "`text`")):
+        assert_clean_error(cli(*argv), 1, fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.jsonl"]

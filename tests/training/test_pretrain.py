@@ -294,7 +294,7 @@ def cli_base(cli, configs, bpe_dir, docs_file, tmp_path):
 
 
 def test_bad_text_field(cli_base):
-    assert_clean_error(cli_base("--text-field", "body"), 2, "no field 'body'", "text")
+    assert_clean_error(cli_base("--text-field", "body"), 1, "no field 'body'", "text")
 
 
 def test_empty_dataset(cli_base, tmp_path):

@@ -89,7 +89,7 @@ def read_txt(path: Path) -> list[dict[str, Any]]:
 def _check_field(rows_or_columns: list[str], field: str, source: str) -> None:
     if field not in rows_or_columns:
         found = ", ".join(rows_or_columns) or "none"
-        raise ConfigError(f"{source} has no field '{field}'; fields found: {found}",
+        raise DataError(f"{source} has no field '{field}'; fields found: {found}",
                           hint="choose one with --text-field")
 
 

@@ -50,7 +50,7 @@ def read_documents(source: str, text_field: str, tokenizer, *, add_special_token
         result = Documents(docs=docs, source=source, pretokenized=True, prepacked=bool(meta.get("packed")))
     else:
         if text_field not in columns:
-            raise ConfigError(f"{source} has no field '{text_field}'; fields found: {', '.join(columns) or 'none'}",
+            raise DataError(f"{source} has no field '{text_field}'; fields found: {', '.join(columns) or 'none'}",
                               hint="choose the text field with --text-field")
         texts = ["" if v is None else str(v) for v in table[text_field]]
         backend = tokenizer.backend_tokenizer

@@ -131,6 +131,7 @@ class Run:
         self.started = time.perf_counter()
         self.ds_config = integrations.load_deepspeed_config(cfg.deepspeed) if cfg.deepspeed is not None else None
         integrations.check_report_to(cfg.report_to)
+        t.check_training_environment(cfg)
         self.dir = self._output_dir()
         self.resume_from = rundir.resume_checkpoint(self.dir, cfg.resume, self.reporter.warn) if cfg.resume else None
         transformers.logging.set_verbosity_error()

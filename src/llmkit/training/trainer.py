@@ -23,9 +23,10 @@ SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant",
               "constant-with-warmup": "constant_with_warmup"}
 
 
-def training_arguments(cfg, checkpoints_dir: Path, has_eval: bool) -> TrainingArguments:
-    cuda = torch.cuda.is_available()
-    if cfg.mixed_precision == "fp16" and not cuda:
+def check_training_environment(cfg) -> None:
+    """What this machine must have for the run: checked before the run dir exists, so a refused run leaves nothing
+    that blocks its corrected rerun."""
+    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("--mixed-precision fp16 needs a GPU (fp16 autocast has no CPU gradient scaler)",
                           hint="on CPU use --mixed-precision bf16 (slow without native bf16) or no")
     if cfg.optimizer in ("adamw-8bit", "paged-adamw-8bit"):
@@ -34,6 +35,10 @@ def training_arguments(cfg, checkpoints_dir: Path, has_eval: bool) -> TrainingAr
         except ImportError:
             raise ConfigError(f"--optimizer {cfg.optimizer} needs bitsandbytes",
                               hint="pip install bitsandbytes, or use --optimizer adamw / adafactor") from None
+
+
+def training_arguments(cfg, checkpoints_dir: Path, has_eval: bool) -> TrainingArguments:
+    cuda = torch.cuda.is_available()
     deepspeed = None
     if cfg.deepspeed is not None:
         from llmkit.training.integrations import load_deepspeed_config
