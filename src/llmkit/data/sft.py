@@ -1,7 +1,10 @@
 """SFT data: records -> conversations -> token ids with labels that train exactly the assistant replies.
 
 Formats (detected from the columns, or set with --format): alpaca (instruction / input / output, optional system
-and history), messages / sharegpt (a list of {role, content} or {from, value}), prompt / completion pairs.
+and history), messages / sharegpt (a list of {role, content} or {from, value}, an optional system column), prompt /
+completion pairs (strings, or TRL's conversational message lists: only the completion is trained). OpenAI content
+parts are joined text (any other part is refused); tool calls, tool results and a `tools` column go to the template
+as transformers passes them, and a template that leaves one of them out is refused.
 
 Masks come from rendering the conversation prefix by prefix with the chat template: a reply is trained as the model
 sees it when generating it, so its trained tokens are what rendering it adds after the generation prompt of the
@@ -33,7 +36,7 @@ FORMATS = ("alpaca", "messages", "sharegpt", "prompt-completion")
 BUILTIN_TEMPLATES = ("chatml", "plain")
 TEMPLATE_TOKENS = {"chatml": ("<|im_start|>", "<|im_end|>")}   # added to a tokenizer that lacks them
 ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
-         "model": "assistant", "bot": "assistant"}
+         "model": "assistant", "bot": "assistant", "tool": "tool", "observation": "tool"}
 MESSAGE_FIELDS = ("messages", "conversations")
 
 
@@ -143,9 +146,10 @@ def _template_line(exc: BaseException, template: str) -> str:
     return f" (template line {line}: `{text[:100]}`)" if text else f" (template line {line})"
 
 
-def render(tokenizer, template: str, messages: list[dict], add_generation_prompt: bool, where: str) -> str:
+def render(tokenizer, template: str, messages: list[dict], add_generation_prompt: bool, where: str,
+           tools: list[dict] | None = None) -> str:
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, chat_template=template,
+        return tokenizer.apply_chat_template(messages, tokenize=False, chat_template=template, tools=tools,
                                              add_generation_prompt=add_generation_prompt)
     except Exception as exc:   # jinja2 syntax and runtime errors, raise_exception() in the template
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
@@ -157,9 +161,9 @@ def render(tokenizer, template: str, messages: list[dict], add_generation_prompt
 
 # ----------------------------------------------------------------------------------------------------- formats
 
-def _fits(columns: list[str], table) -> list[str]:
+def _fits(columns: list[str], records: list[dict]) -> list[str]:
     """Formats the columns could fit with the mapping flags."""
-    lists = [c for c in columns if str(table.features[c]).startswith(("List", "Sequence", "["))]
+    lists = [c for c in columns if isinstance(records[0].get(c), (list, tuple))]
     texts = [c for c in columns if c not in lists]
     fits = [f"messages/sharegpt with --messages-field {c}" for c in lists]
     if len(texts) >= 2:
@@ -169,7 +173,7 @@ def _fits(columns: list[str], table) -> list[str]:
     return fits
 
 
-def detect_format(cfg, columns: list[str], table, source: str) -> str:
+def detect_format(cfg, columns: list[str], records: list[dict], source: str) -> str:
     if cfg.messages_field:
         if cfg.messages_field not in columns:
             raise ConfigError(f"{source} has no column '{cfg.messages_field}' (--messages-field); columns: "
@@ -196,7 +200,7 @@ def detect_format(cfg, columns: list[str], table, source: str) -> str:
         return "alpaca"
     if cfg.prompt_field in columns and cfg.completion_field in columns:
         return "prompt-completion"
-    fits = _fits(columns, table)
+    fits = _fits(columns, records)
     raise ConfigError(
         f"{source}: cannot tell the data format from its columns ({', '.join(columns) or 'none'})"
         + (f"; they could fit: {'; '.join(fits)}" if fits else ""),
@@ -209,9 +213,121 @@ def _text(value) -> str:
     return "" if value is None else str(value)
 
 
-def to_conversation(record: dict, fmt: str, cfg, row: int) -> list[dict]:
-    """A record as a list of {role, content} messages (roles normalised); raises DataError on bad input."""
-    where = f"row {row + 1}"
+def _field(raw: dict, *keys: str):
+    """The first of `keys` with a value (a column missing from some rows reads None in an Arrow table)."""
+    return next((raw[k] for k in keys if raw.get(k) is not None), None)
+
+
+def _content(value, where: str) -> str:
+    """A message's content as text: OpenAI content parts are joined in order, with nothing between them (as the
+    chat templates that take parts write them); a part that is not text is refused, never dropped."""
+    if not isinstance(value, (list, tuple)):
+        return _text(value)
+    texts = []
+    for number, part in enumerate(value, 1):
+        kind = part.get("type", "text" if "text" in part else None) if isinstance(part, dict) else None
+        if kind != "text" or not isinstance(part.get("text"), str):
+            what = f"a '{kind}' part" if kind else f"part {number} is not a {{type, text}} object"
+            raise DataError(f"{where}: content {what}; llmkit trains text models, so only text parts can be trained",
+                            hint="remove the non-text parts (or the row); text parts are {\"type\": \"text\", "
+                                 "\"text\": \"...\"}")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def _tool_calls(value, where: str) -> list[dict]:
+    """OpenAI tool calls ({type, id, function: {name, arguments}}; a bare {name, arguments} is wrapped), arguments
+    kept as given (an object, or the JSON string OpenAI's API writes)."""
+    calls = value if isinstance(value, (list, tuple)) else [value]
+    normalised = []
+    for call in calls:
+        function = call.get("function") or call if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise DataError(f"{where}: a tool call must be an object with a function name (got {call!r:.80})",
+                            hint="write tool calls as {\"type\": \"function\", \"function\": {\"name\": ..., "
+                                 "\"arguments\": {...}}}")
+        arguments = function.get("arguments")
+        normalised.append({**({"id": call["id"]} if call.get("id") is not None else {}), "type": "function",
+                           "function": {"name": function["name"], "arguments": {} if arguments is None else arguments}})
+    return normalised
+
+
+def _sharegpt_function_call(value, where: str) -> list[dict]:
+    """LLaMA-Factory's sharegpt function_call turn: a JSON {name, arguments} (or a list of them) as its value."""
+    import json
+
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else value
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: a function_call turn must hold JSON {{\"name\", \"arguments\"}}: {exc.msg}",
+                        hint="write the call as {\"name\": \"...\", \"arguments\": {...}}") from None
+    return _tool_calls(parsed, where)
+
+
+def _message(raw, where: str) -> dict:
+    if not isinstance(raw, dict):
+        raise DataError(f"{where}: a message must be an object with role and content",
+                        hint="each message is {role, content} or {from, value}")
+    role = _field(raw, "role", "from")
+    content = _field(raw, "content", "value")
+    if role == "function_call":
+        return {"role": "assistant", "content": "", "tool_calls": _sharegpt_function_call(content, where)}
+    if role not in ROLES:
+        raise DataError(f"{where}: unknown role {role!r}",
+                        hint="roles are system, user, assistant, tool (sharegpt: system, human, gpt, "
+                             "function_call, observation)")
+    message = {"role": ROLES[role], "content": _content(content, where)}
+    if raw.get("tool_calls"):
+        if message["role"] != "assistant":
+            raise DataError(f"{where}: only an assistant message can make tool calls (this one is {role!r})",
+                            hint="move the tool_calls to the assistant message that makes them")
+        message["tool_calls"] = _tool_calls(raw["tool_calls"], where)
+    if message["role"] == "tool":
+        message.update({k: raw[k] for k in ("name", "tool_call_id") if raw.get(k) is not None})
+    return message
+
+
+def _messages(raw, where: str, what: str) -> list[dict]:
+    if not isinstance(raw, (list, tuple)):
+        raise DataError(f"{where}: '{what}' must be a list of messages (got {type(raw).__name__})",
+                        hint="each message is {role, content} or {from, value}")
+    messages = [_message(message, f"{where}, message {turn}") for turn, message in enumerate(raw, 1)]
+    for turn, message in enumerate(messages, 1):
+        if message["role"] == "assistant" and not message["content"].strip() and not message.get("tool_calls"):
+            raise DataError(f"{where}, message {turn}: the assistant reply is empty, so there is nothing to train on",
+                            hint="fill in or remove the reply (or the row)")
+    return messages
+
+
+def _tool_definitions(record: dict, where: str) -> list[dict] | None:
+    """The `tools` column (TRL, LLaMA-Factory): tool definitions, passed to the template as `tools`."""
+    import json
+
+    tools = record.get("tools")
+    if isinstance(tools, str) and tools.strip():
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: 'tools' is not valid JSON: {exc.msg}",
+                            hint="write tools as a list of JSON tool definitions") from None
+    if not tools:
+        return None
+    if not isinstance(tools, (list, tuple)) or not all(isinstance(t, dict) for t in tools):
+        raise DataError(f"{where}: 'tools' must be a list of tool definitions (objects)",
+                        hint="write tools as [{\"type\": \"function\", \"function\": {\"name\": ...}}]")
+    return list(tools)
+
+
+@dataclass
+class Conversation:
+    messages: list[dict]                  # {role, content} (+ tool_calls; name / tool_call_id of a tool result)
+    first_reply: int = 0                  # assistant messages before it are context (a conversational prompt)
+    tools: list[dict] | None = None       # tool definitions, passed to the chat template as `tools`
+
+
+def to_conversation(record: dict, fmt: str, cfg, row: int, source: str) -> Conversation:
+    """A record as a conversation (roles normalised); raises DataError on bad input."""
+    where = f"{source}: row {row + 1}"
     if fmt == "alpaca":
         messages = []
         system = _text(record.get(cfg.system_field)).strip()
@@ -226,31 +342,27 @@ def to_conversation(record: dict, fmt: str, cfg, row: int) -> list[dict]:
         extra = _text(record.get(cfg.input_field))
         messages.append({"role": "user", "content": f"{prompt}\n\n{extra}" if extra.strip() else prompt})
         messages.append({"role": "assistant", "content": _text(record.get(cfg.output_field))})
-    elif fmt == "prompt-completion":
-        messages = [{"role": "user", "content": _text(record.get(cfg.prompt_field))},
-                    {"role": "assistant", "content": _text(record.get(cfg.completion_field))}]
-    else:
-        key = cfg.messages_field or next(c for c in MESSAGE_FIELDS if c in record)
-        raw = record.get(key)
-        if not isinstance(raw, (list, tuple)):
-            raise DataError(f"{where}: '{key}' must be a list of messages (got {type(raw).__name__})",
-                            hint="each message is {role, content} or {from, value}")
-        messages = []
-        for turn, message in enumerate(raw, 1):
-            if not isinstance(message, dict):
-                raise DataError(f"{where}, message {turn}: a message must be an object with role and content",
-                                hint="each message is {role, content} or {from, value}")
-            role = message.get("role", message.get("from"))
-            content = message.get("content", message.get("value"))
-            if role not in ROLES:
-                raise DataError(f"{where}, message {turn}: unknown role {role!r}",
-                                hint="roles are system, user, assistant (sharegpt: system, human, gpt)")
-            messages.append({"role": ROLES[role], "content": _text(content)})
-    for turn, message in enumerate(messages, 1):
-        if message["role"] == "assistant" and not message["content"].strip():
-            raise DataError(f"{where}, message {turn}: the assistant reply is empty, so there is nothing to train on",
-                            hint="fill in or remove the reply (or the row)")
-    return messages
+        return Conversation(_messages(messages, where, "messages"))
+    if fmt == "prompt-completion":
+        # a side is a string (one user / assistant turn) or, as TRL's conversational prompt-completion, messages
+        sides = []
+        for name, role in ((cfg.prompt_field, "user"), (cfg.completion_field, "assistant")):
+            value = record.get(name)
+            sides.append(_messages(value, f"{where}, {name}", name) if isinstance(value, (list, tuple))
+                         else [{"role": role, "content": _text(value)}])
+        prompt, completion = sides
+        return Conversation(_messages(prompt + completion, where, "messages"), first_reply=len(prompt),
+                            tools=_tool_definitions(record, where))
+    key = cfg.messages_field or next(c for c in MESSAGE_FIELDS if c in record)
+    messages = _messages(record.get(key), where, key)
+    system = _text(record.get(cfg.system_field)).strip()   # sharegpt's top-level system column
+    if system:
+        if messages and messages[0]["role"] == "system" and messages[0]["content"].strip() != system:
+            raise DataError(f"{where}: both the '{cfg.system_field}' column and the first message give a system "
+                            "prompt, and they differ", hint="keep one of them")
+        if not messages or messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": system})
+    return Conversation(messages, tools=_tool_definitions(record, where))
 
 
 # ---------------------------------------------------------------------------------------------------- encoding
@@ -261,9 +373,10 @@ class _Rendering:
     messages: list[dict]
     text: str
     spans: list[tuple[int, int]]
+    tools: list[dict] | None = None
 
 
-def _renderings(tokenizer, template: str, messages: list[dict], multi_turn: str,
+def _renderings(tokenizer, template: str, conversation: Conversation, multi_turn: str,
                 where: str) -> tuple[list[_Rendering], bool]:
     """The texts to tokenize for one conversation, and whether its replies became one example each because the
     template rewrites earlier turns.
@@ -273,24 +386,26 @@ def _renderings(tokenizer, template: str, messages: list[dict], multi_turn: str,
     gives every reply that context only when each such prefix is a prefix of the whole; templates that rewrite
     earlier turns once later ones exist (Qwen3 and DeepSeek-R1 strip the reasoning of past replies) break that, and
     their replies are rendered one per example with their own context, as --multi-turn expand always does."""
-    replies = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    messages, tools = conversation.messages, conversation.tools
+    replies = [i for i, m in enumerate(messages) if m["role"] == "assistant" and i >= conversation.first_reply]
     if multi_turn == "last":
         replies = replies[-1:]
     if multi_turn != "expand":
-        full = render(tokenizer, template, messages, False, where)
+        full = render(tokenizer, template, messages, False, where, tools)
         spans = []
         for i in replies:
-            before = _render_prompt_only(tokenizer, template, messages[:i], where)
-            upto = full if i == len(messages) - 1 else render(tokenizer, template, messages[:i + 1], False, where)
+            before = _render_prompt_only(tokenizer, template, messages[:i], where, tools)
+            upto = full if i == len(messages) - 1 else render(tokenizer, template, messages[:i + 1], False, where,
+                                                              tools)
             if not (full.startswith(upto) and upto.startswith(before)):
                 break
             spans.append((len(before), len(upto)))
         else:
-            return [_Rendering(messages, full, spans)], False
+            return [_Rendering(messages, full, spans, tools)], False
     renderings = []
     for i in replies:
-        context = _render_prompt_only(tokenizer, template, messages[:i], where)
-        whole = render(tokenizer, template, messages[:i + 1], False, where)
+        context = _render_prompt_only(tokenizer, template, messages[:i], where, tools)
+        whole = render(tokenizer, template, messages[:i + 1], False, where, tools)
         if not whole.startswith(context):
             same = len(os.path.commonprefix([context, whole]))
             raise DataError(f"the chat template does not write the reply at {where}, message {i + 1} after its own "
@@ -299,17 +414,58 @@ def _renderings(tokenizer, template: str, messages: list[dict], multi_turn: str,
                             "so the reply's tokens cannot be located",
                             hint="make the template's add_generation_prompt branch write exactly what it writes "
                                  "before an assistant reply (the same header), or use --template chatml")
-        renderings.append(_Rendering(messages[:i + 1], whole, [(len(context), len(whole))]))
+        renderings.append(_Rendering(messages[:i + 1], whole, [(len(context), len(whole))], tools))
     return renderings, multi_turn == "all"
 
 
-def _render_prompt_only(tokenizer, template: str, messages: list[dict], where: str) -> str:
+def _render_prompt_only(tokenizer, template: str, messages: list[dict], where: str,
+                        tools: list[dict] | None) -> str:
     if not messages:
         try:
-            return render(tokenizer, template, messages, True, where)
+            return render(tokenizer, template, messages, True, where, tools)
         except DataError:
             return ""   # some templates refuse an empty conversation: nothing comes before the first reply
-    return render(tokenizer, template, messages, True, where)
+    return render(tokenizer, template, messages, True, where, tools)
+
+
+def _check_tools_rendered(tokenizer, template: str, conversation: Conversation, where: str) -> None:
+    """A template that does not know tool turns may leave them out without an error: each tool result, tool call
+    and tool definition is rendered as a marker (private-use characters, which no template writes), and every
+    marker must come out."""
+    parts: list[str] = []
+
+    def mark(what: str) -> str:
+        parts.append(what)
+        return f"\ue002{len(parts) - 1}\ue003"
+
+    messages = []
+    for turn, message in enumerate(conversation.messages, 1):
+        message = dict(message)
+        if message["role"] == "tool":
+            message["content"] = mark(f"the tool result in message {turn}")
+        if message.get("tool_calls"):
+            message["tool_calls"] = [
+                {**call, "function": {**call["function"],
+                                      "name": mark(f"the tool call {call['function']['name']!r} in message {turn}")}}
+                for call in message["tool_calls"]]
+        messages.append(message)
+    tools = []
+    for tool in conversation.tools or []:
+        function = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+        if isinstance(function.get("name"), str):
+            marked = {**function, "name": mark(f"the definition of the tool {function['name']!r}")}
+            tool = {**tool, "function": marked} if function is not tool else marked
+        tools.append(tool)
+    if not parts:
+        return
+    text = render(tokenizer, template, messages, False, where, tools or None)
+    missing = [what for k, what in enumerate(parts) if f"\ue002{k}\ue003" not in text]
+    if missing:
+        more = f" (and {len(missing) - 1} more tool part(s))" if len(missing) > 1 else ""
+        raise DataError(f"{where}: the chat template leaves out {missing[0]}{more}, so the conversation would be "
+                        "trained without it",
+                        hint="use a chat template that renders tools: the model's own, or --template chatml / plain "
+                             "(tool calls as JSON in the assistant turn, results as a tool turn)")
 
 
 def _token_spans(offsets: list[tuple[int, int]], spans: list[tuple[int, int]], where: str) -> list[list[int]]:
@@ -346,7 +502,7 @@ def _content_ranges(tokenizer, template: str, rendering: _Rendering, where: str,
                     quoted: str) -> list[tuple[int, int]]:
     """Character ranges of the message contents in rendering.text; `quoted` says which message holds what."""
     marked = [{**m, "content": f"\ue000{k}\ue001"} for k, m in enumerate(rendering.messages)]
-    masked = render(tokenizer, template, marked, False, where)
+    masked = render(tokenizer, template, marked, False, where, rendering.tools)
     text, ranges, at = "", [], 0
     for match in _PLACEHOLDER.finditer(masked):
         content = rendering.messages[int(match.group(1))]["content"]
@@ -416,16 +572,19 @@ def encode_records(records: list[dict], fmt: str, tokenizer, template_name: str,
         if limit is not None and conversations >= limit:
             break
         where = f"row {row + 1}"
-        messages = to_conversation(record, fmt, cfg, row)
-        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        conversation = to_conversation(record, fmt, cfg, row, source)
+        messages = conversation.messages
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant" and i >= conversation.first_reply),
+                   default=None)
         if last is None:
             out.dropped["no assistant reply"] = out.dropped.get("no assistant reply", 0) + 1
             continue
         if last != len(messages) - 1:
             trailing += 1
-            messages = messages[:last + 1]
+            messages = conversation.messages = messages[:last + 1]
         conversations += 1
-        row_renderings, per_reply = _renderings(tokenizer, template, messages, cfg.multi_turn, where)
+        _check_tools_rendered(tokenizer, template, conversation, f"{source}: {where}")
+        row_renderings, per_reply = _renderings(tokenizer, template, conversation, cfg.multi_turn, where)
         rewritten += per_reply
         literal = next(((turn, found.group()) for turn, m in enumerate(messages, 1)
                         if special_text and (found := special_text.search(m["content"]))), None)
@@ -493,12 +652,19 @@ def encode_records(records: list[dict], fmt: str, tokenizer, template_name: str,
 
 def load_records(cfg, source: str):
     """(records, format) of a source the shared loader reads."""
-    from llmkit.data.loading import load_table
+    from pathlib import Path
 
-    table = load_table(source)
-    columns = list(table.column_names)
-    fmt = detect_format(cfg, columns, table, source)
-    return table.to_list(), fmt
+    from llmkit.data.loading import load_table, read_json, read_jsonl, source_kind
+
+    # JSON is read as it is, not through an Arrow table: Arrow refuses a column that holds text in some messages
+    # and content parts in others, and gives every tool call's arguments the keys of all the others (as None)
+    readers = {"jsonl": read_jsonl, "json": read_json}
+    kind = source_kind(source)
+    records = readers[kind](Path(source).expanduser()) if kind in readers else load_table(source).to_list()
+    if not records:
+        raise DataError(f"{source} holds no records", hint="give a file with at least one record")
+    columns = list(dict.fromkeys(column for record in records for column in record))
+    return records, detect_format(cfg, columns, records, source)
 
 
 def encode_source(cfg, tokenizer, template_name: str, template: str, source: str,
