@@ -635,9 +635,10 @@ def _split_stdout(stream, out, err) -> None:
         target.flush()
 
 
-def run(plan: Plan, cfg, info=None, json_stdout: bool = False) -> LaunchResult:
+def run(plan: Plan, cfg, info=None, json_stdout=None) -> LaunchResult:
     """Start this node's command, forward SIGINT/SIGTERM/SIGHUP to it, wait; the files live for the run's length
-    (in --write-config's dir they stay)."""
+    (in --write-config's dir they stay). `json_stdout` (under --json): the stream for the training's JSON result;
+    the processes' other stdout lines go to stderr."""
     import shutil
     import threading
 
@@ -656,7 +657,7 @@ def run(plan: Plan, cfg, info=None, json_stdout: bool = False) -> LaunchResult:
                             stdout=subprocess.PIPE if json_stdout else None, text=True)
     reader = None
     if json_stdout:
-        reader = threading.Thread(target=_split_stdout, args=(proc.stdout, sys.stdout, sys.stderr), daemon=True)
+        reader = threading.Thread(target=_split_stdout, args=(proc.stdout, json_stdout, sys.stderr), daemon=True)
         reader.start()
 
     def forward(signum, frame):

@@ -22,9 +22,9 @@ EXIT_CODES_HELP = (
 )
 
 
-# The root help reads this table, so `llmkit --help` imports no command module (trl's way); a command's module is imported when the command is run or asked for its own help.
-# name: (module under llmkit.commands, one-line summary shown by `llmkit --help`); tests/test_cli.py checks each
-# summary against the command's own help.
+# The root help reads this table, so `llmkit --help` imports no command module (trl's way); a command's module is
+# imported when the command runs or shows its own help. name: (module under llmkit.commands, the summary
+# `llmkit --help` shows); tests/commands/test_cli.py checks each summary against the command's own help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("quickstart", "Run a model's life stage by stage on the Python language reference: no network, "
                                  "no GPU."),

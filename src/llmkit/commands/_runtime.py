@@ -181,13 +181,18 @@ class Output:
 
         return reporter_for(self.json)
 
+    @property
+    def stdout(self):
+        """Where the command's one result goes (the real stdout, also while json_only_stdout holds it)."""
+        return self._stdout or sys.stdout
+
     def result(self, value: Any, render: Optional[Callable[[Any], None]] = None) -> None:
         """Under --json, `value` as one JSON document (to_jsonable); else `render(value)` for people. No `render`:
         people already saw the result as it was produced (a chat's streamed replies)."""
         assert not self._result_written, "a command writes one result: under --json, exactly one JSON document"
         self._result_written = True
         if self.json:
-            emit_json(value, self._stdout)
+            emit_json(value, self.stdout)
         elif render is not None:
             render(value)
 

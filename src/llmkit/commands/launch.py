@@ -68,7 +68,7 @@ def launch(cfg: LaunchConfig, out: Output, ctx: typer.Context, command: Optional
     report = PlainReporter()
     for line in _summary(plan):
         report.info(line)
-    result = core.run(plan, cfg, info=report.info, json_stdout=out.json)
+    result = core.run(plan, cfg, info=report.info, json_stdout=out.stdout if out.json else None)
     if result.signal is not None and result.exit_code != 0:
         report.info(f"launch: stopped after {result.signal} ({result.seconds:.1f} s)")
         raise KeyboardInterrupt

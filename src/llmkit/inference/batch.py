@@ -13,6 +13,7 @@ from typing import Any
 
 from llmkit.config import GenerateConfig
 from llmkit.errors import ConfigError, DataError, LlmkitError
+from llmkit.outputs import lock_holder, release_lock, take_lock
 from llmkit.ui import Reporter, SilentReporter
 from llmkit.inference.generator import Generator
 
@@ -95,28 +96,15 @@ class BatchOutput:
         self._release_lock()
 
     def _take_lock(self) -> None:
-        import fcntl
-        import os
-
-        handle = self.lock_file.open("a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
+        self._lock = take_lock(self.lock_file)
+        if self._lock is None:
+            holder = lock_holder(self.lock_file) or "another process"
             raise LlmkitError(f"{self.target} is being written by another job ({holder})",
-                              hint="wait for it to finish, or give this job another --output") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        self._lock = handle
+                              hint="wait for it to finish, or give this job another --output")
 
     def _release_lock(self) -> None:
         if self._lock is not None:
-            self.lock_file.unlink(missing_ok=True)
-            self._lock.close()
+            release_lock(self._lock, self.lock_file)
             self._lock = None
 
     def _check_existing(self) -> None:

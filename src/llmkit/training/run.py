@@ -109,6 +109,7 @@ class Run:
         self.parameters = (0, 0)             # (total, trainable), counted by `adapt`
         self.forecast = None                 # memory-estimate's peak, or why there is none
         self.metrics_file: Path | None = None
+        self._lock = None                    # the run dir's lock, from `start` until the run ends
 
     def __enter__(self) -> Run:
         self._stdout = contextlib.redirect_stdout(sys.stderr)
@@ -121,6 +122,8 @@ class Run:
         return self
 
     def __exit__(self, *exc) -> None:
+        rundir.release(self.dir, self._lock)
+        self._lock = None
         self._stdout.__exit__(*exc)
 
     def _setup(self) -> None:
@@ -143,9 +146,14 @@ class Run:
         path = Path(cfg.output_dir).expanduser()
         if path.exists() and not path.is_dir():
             raise ConfigError(f"--output-dir {path} exists and is a file", hint="choose a directory path")
-        # under a launcher RANK 0 alone checks (and creates) the dir: another rank would race with its first files
-        if path.is_dir() and integrations.is_main_process() and any(path.iterdir()) and not (cfg.overwrite or
-                                                                                            cfg.resume):
+        # under a launcher RANK 0 alone checks (and creates and locks) the dir: another rank would race with its
+        # first files, and see RANK 0's lock
+        if not integrations.is_main_process():
+            return path
+        rundir.check_unlocked(path)
+        # a lock file left alone (its run killed as it began) is no content
+        if path.is_dir() and any(p.name != rundir.LOCK for p in path.iterdir()) and not (cfg.overwrite or
+                                                                                          cfg.resume):
             raise ConfigError(f"--output-dir {path} exists and is not empty",
                               hint="pass --overwrite to replace it, --resume auto to continue its last checkpoint, "
                                    "or choose another dir")
@@ -190,10 +198,11 @@ class Run:
     # ------------------------------------------------------------------ the run directory, training, the record
 
     def start(self) -> Path:
-        """Every input problem has been reported: only now touch the run directory. It gets resolved_config.yaml;
-        returns metrics.jsonl (emptied, or cut back to the resumed checkpoint's step)."""
-        self.metrics_file = rundir.start(self.dir, dump_yaml(self.record_config), self.cfg.overwrite,
-                                         self.resume_from)
+        """Every input problem has been reported: only now touch the run directory. The run locks it until it ends
+        (another run writing it is refused), and it gets resolved_config.yaml; returns metrics.jsonl (emptied, or
+        cut back to the resumed checkpoint's step)."""
+        self.metrics_file, self._lock = rundir.start(self.dir, dump_yaml(self.record_config), self.cfg.overwrite,
+                                                     self.resume_from)
         return self.metrics_file
 
     def training_arguments(self, has_eval: bool):

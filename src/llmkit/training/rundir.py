@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import struct
 import zlib
 from pathlib import Path
+from typing import IO
 
 from llmkit.errors import LlmkitError
+from llmkit.outputs import lock_holder, release_lock, take_lock, write_text_atomic
 
 CHECKPOINTS = "checkpoints"
 MODEL = "model"
@@ -23,6 +24,7 @@ ADAPTER = "adapter"          # a peft run's final adapter (instead of model/)
 METRICS = "metrics.jsonl"
 CURVE = "loss_curve.png"
 MANIFEST = "manifest.json"
+LOCK = ".llmkit.lock"         # held by the one process writing the run dir, for the run's whole life
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -43,7 +45,7 @@ def read_metrics(path: Path) -> list[dict]:
 def truncate_metrics(path: Path, last_step: int) -> None:
     """Keep the rows up to a checkpoint's step (a resumed run logs the later steps again)."""
     rows = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def append_metrics(path: Path, row: dict) -> None:
@@ -171,9 +173,7 @@ def peak_memory() -> dict[str, int | None]:
 
 
 def write_json(path: Path, value: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -186,42 +186,117 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(_CHECKPOINT_RE.match(p.name).group(1)))
 
 
+# the files the Trainer reads with torch.load(weights_only=True) on resume (DeepSpeed reads its own global_step*/)
+_WEIGHTS_ONLY_PICKLES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth", "pytorch_model*.bin")
+_CRC_CHECK_BYTES = 256 << 20   # torch files up to this size have every byte checked (~0.1 s); bigger ones their
+#                                structure, their pickle and its CRC: a torn write cuts the end, where the zip
+#                                directory lives, and checking every byte of a 50 GB optimizer.pt takes minutes
+
+
 def checkpoint_problem(path: Path) -> str | None:
-    """Why a checkpoint cannot be resumed from, or None when it looks whole."""
+    """Why a checkpoint cannot be resumed from, or None when every file a resume reads is whole: the JSON files
+    (trainer_state.json with an integer global_step), the weights (safetensors headers and sizes), the optimizer,
+    scheduler, scaler and RNG states and DeepSpeed's global_step*/ files (torch zip archives: their directory, every
+    record inside the file, the CRCs; the Trainer's own pickles load with weights_only)."""
     if not path.is_dir():
         return "it is not a directory"
-    state = path / "trainer_state.json"
-    try:
-        step = json.loads(state.read_text(encoding="utf-8"))["global_step"]
-    except FileNotFoundError:
+    parsed = {}
+    for json_file in sorted(path.glob("*.json")):
+        try:
+            parsed[json_file.name] = json.loads(json_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return f"{json_file.name} is not valid JSON (truncated or damaged)"
+    if "trainer_state.json" not in parsed:
         return "trainer_state.json is missing"
-    except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
-        return "trainer_state.json is not valid JSON with a global_step"
+    state = parsed["trainer_state.json"]
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        return "trainer_state.json has no integer global_step"
     weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
     if not weights:
         return "it holds no model weights (*.safetensors)"
     for w in weights:
-        if w.suffix == ".safetensors":
-            try:
-                from safetensors import safe_open
-
-                with safe_open(str(w), framework="pt") as f:
-                    for key in f.keys():
-                        f.get_slice(key)
-                size = w.stat().st_size
-                with w.open("rb") as handle:
-                    header = struct.unpack("<Q", handle.read(8))[0]
-                    meta = json.loads(handle.read(header))
-                end = max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"), default=0)
-                if 8 + header + end != size:
-                    return f"{w.name} is truncated ({size:,} bytes, expected {8 + header + end:,})"
-            except Exception as exc:  # safetensors raises several types for a damaged file
-                return f"{w.name} is damaged ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-    if not any((path / name).is_file() for name in ("optimizer.pt", "optimizer.bin")) and \
-            not any(path.glob("global_step*")):
+        problem = _safetensors_problem(w) if w.suffix == ".safetensors" else None
+        if problem:
+            return problem
+    deepspeed_states = _deepspeed_state_dir(path)
+    if isinstance(deepspeed_states, str):
+        return deepspeed_states
+    if not any((path / name).is_file() for name in ("optimizer.pt", "optimizer.bin")) and deepspeed_states is None:
         return "the optimizer state (optimizer.pt) is missing"
-    if not isinstance(step, int):
-        return "trainer_state.json has no integer global_step"
+    weights_only = {p for pattern in _WEIGHTS_ONLY_PICKLES for p in path.glob(pattern)}
+    torch_files = [p for pattern in ("*.pt", "*.pth", "*.bin") for p in sorted(path.glob(pattern))]
+    if deepspeed_states is not None:
+        torch_files += sorted(p for p in deepspeed_states.iterdir() if p.is_file())
+    for torch_file in torch_files:
+        problem = _torch_file_problem(torch_file, torch_file in weights_only)
+        if problem:
+            return f"{torch_file.relative_to(path)} {problem}"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                f.get_slice(key)
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            header = struct.unpack("<Q", handle.read(8))[0]
+            meta = json.loads(handle.read(header))
+        end = max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"), default=0)
+        if 8 + header + end != size:
+            return f"{path.name} is truncated ({size:,} bytes, expected {8 + header + end:,})"
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        return f"{path.name} is damaged ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    return None
+
+
+def _deepspeed_state_dir(path: Path) -> Path | str | None:
+    """DeepSpeed's global_step*/ dir that the checkpoint's `latest` file names; None for a Trainer checkpoint, or
+    the problem (a str)."""
+    latest = path / "latest"
+    if not latest.is_file():
+        return "DeepSpeed's `latest` file is missing" if any(path.glob("global_step*")) else None
+    tag = latest.read_text(encoding="utf-8", errors="replace").strip()
+    states = path / tag
+    if not tag or not states.is_dir() or not any(states.iterdir()):
+        return f"DeepSpeed's `latest` names {tag!r}, which is not a saved state dir"
+    return states
+
+
+def _torch_file_problem(path: Path, weights_only: bool) -> str | None:
+    """What is wrong with a torch.save file (a zip archive), read cheaply: the zip directory at its end (a torn write
+    loses it), every record's header and extent inside the file, the CRCs (of every record for a file up to
+    _CRC_CHECK_BYTES, else of the pickle), then, for the Trainer's own files, the pickle loaded as the Trainer does
+    (weights_only; memory-mapped, so no tensor is read)."""
+    import zipfile
+
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive, path.open("rb") as raw:
+            for entry in archive.infolist():
+                raw.seek(entry.header_offset)
+                local = raw.read(30)
+                if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                    return "is damaged (a record header is missing)"
+                name_length, extra_length = struct.unpack("<HH", local[26:30])
+                if entry.header_offset + 30 + name_length + extra_length + entry.compress_size > size:
+                    return f"is truncated ({size:,} bytes; record {entry.filename} ends beyond them)"
+                if size <= _CRC_CHECK_BYTES or entry.filename.endswith(".pkl"):
+                    archive.read(entry)   # raises BadZipFile on a CRC mismatch
+    except Exception as exc:  # noqa: BLE001 - zipfile raises many types for a damaged archive
+        return f"is truncated or damaged ({exc})"
+    if weights_only:
+        import torch
+        from transformers.trainer_pt_utils import safe_globals   # numpy's RNG state, as the Trainer allows it
+
+        try:
+            with safe_globals():
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad pickle
+            return f"does not load as the Trainer loads it ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
     return None
 
 
@@ -251,23 +326,51 @@ def resume_checkpoint(run_dir: Path, resume: str, warn) -> Path:
                       hint="start over with --overwrite; nothing was changed")
 
 
-def start(run: Path, config_yaml: str, overwrite: bool, resume_from: Path | None) -> Path:
-    """Create (or, with overwrite, recreate) the run dir with its resolved config; return the metrics file, emptied
-    for a new run or cut back to the checkpoint's step when resuming. Called only after every input check passed."""
+def check_unlocked(run: Path) -> None:
+    """Refuse a run dir another llmkit run is writing (before this run does anything)."""
+    holder = lock_holder(run / LOCK)
+    if holder is not None:
+        raise _busy(run, holder)
+
+
+def _busy(run: Path, holder: str) -> LlmkitError:
+    return LlmkitError(f"another llmkit run is writing {run} ({holder})",
+                       hint="wait for it to finish (or stop it), or give this run another --output-dir")
+
+
+def start(run: Path, config_yaml: str, overwrite: bool, resume_from: Path | None) -> tuple[Path, IO | None]:
+    """Lock the run dir (RUN/.llmkit.lock, until `release`), then create it or, with overwrite, empty it, and write
+    its resolved config; return the metrics file, emptied for a new run or cut back to the checkpoint's step when
+    resuming, and the lock. Called only after every input check passed."""
     import shutil
 
     from llmkit.training.integrations import is_main_process
 
     if not is_main_process():   # under a launcher only RANK 0 touches the run dir (the others write no file)
-        return run / METRICS
-    if overwrite and run.is_dir():
-        shutil.rmtree(run)
+        return run / METRICS, None
     run.mkdir(parents=True, exist_ok=True)
-    (run / "resolved_config.yaml").write_text(config_yaml, encoding="utf-8")
+    lock = take_lock(run / LOCK)
+    if lock is None:
+        raise _busy(run, lock_holder(run / LOCK) or "another process")
+    if overwrite:
+        for entry in run.iterdir():
+            if entry.name == LOCK:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    write_text_atomic(run / "resolved_config.yaml", config_yaml)
     metrics_file = run / METRICS
     if resume_from is not None:
         state = json.loads((resume_from / "trainer_state.json").read_text(encoding="utf-8"))
         truncate_metrics(metrics_file, int(state["global_step"]))
     else:
-        metrics_file.write_text("", encoding="utf-8")
-    return metrics_file
+        write_text_atomic(metrics_file, "")
+    return metrics_file, lock
+
+
+def release(run: Path, lock: IO | None) -> None:
+    """Let go of the run dir (the lock `start` took, if any)."""
+    if lock is not None:
+        release_lock(lock, run / LOCK)

@@ -324,6 +324,7 @@ def train_and_save(trainer: "LlmkitTrainer", *, run: Path, collator, tokenizer, 
     with reporter.progress("training", total=steps_hint) as advance:
         callback = RunCallback(run, collator, reporter, advance)
         trainer.add_callback(callback)
+        trainer.add_callback(DurableCheckpoints(run))
         for extra in callbacks or []:
             trainer.add_callback(extra)
         collator.tokens_seen = 0
@@ -457,6 +458,24 @@ class RunCallback(TrainerCallback):
             self.eval_rows.append(row)
             self.reporter.info(f"step {state.global_step}  eval loss {row['eval_loss']:.4f}  "
                                f"perplexity {row['perplexity']:,.2f}")
+
+
+class DurableCheckpoints(TrainerCallback):
+    """Every checkpoint the Trainer saves flushed to disk (its files, its dir, the checkpoints dir's entry for it),
+    with metrics.jsonl's rows up to it: a power cut or a crashed node cannot leave a checkpoint that looks saved
+    but is not. Every rank flushes (each wrote its own RNG state and DeepSpeed shards)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+
+    def on_save(self, args, state, control, **kwargs):
+        from llmkit.outputs import fsync_path, fsync_tree
+
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        fsync_tree(checkpoint)
+        fsync_path(checkpoint.parent)
+        if state.is_world_process_zero:   # RANK 0 writes the metrics
+            fsync_path(self.run_dir / rundir.METRICS)
 
 
 class EpochCallback(TrainerCallback):
