@@ -1,6 +1,7 @@
 """Input checks that need no heavy library, run before any is imported: a local path a config names (a model,
-tokenizer, adapter or data file) must exist. A typo in -m used to cost the seconds torch and transformers take to
-import before it was reported; now it is reported at once, with the same message the loaders give."""
+tokenizer, adapter or data file) must exist, and a hub id must be in the HF cache or the hub must answer. A typo
+in -m used to cost the seconds torch and transformers take to import before it was reported; now it is reported
+at once, with the same message the loaders give."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import dataclasses
 from pathlib import Path
 
 from llmkit.errors import DataError, ModelLoadError
-from llmkit.hub import looks_like_local_path
+from llmkit.hub import in_hub_cache, looks_like_local_path, require_hub
 
 def _flag(field: dataclasses.Field) -> str:
     return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
@@ -24,16 +25,29 @@ def _looks_local(kind: str, value: str) -> bool:
     return False
 
 
+def _check_hub_id(kind: str, name: str) -> None:
+    """A hub id loads from the HF cache, or from the hub when it answers; llmkit's model presets are neither."""
+    from llmkit import presets
+
+    if kind == "model" and name in presets.list_presets("models"):
+        return
+    if not in_hub_cache(name, "dataset" if kind == "data" else "model"):
+        require_hub(name, "dataset" if kind == "data" else kind)
+
+
 def check_sources(cfg) -> None:
-    """Raise the loader's own error for the first local source of `cfg` (fields declared with `source=`) that does
-    not exist; hub ids are left to the loaders (cache first, then the hub)."""
+    """Raise the loader's own error for the first source of `cfg` (fields declared with `source=`) that cannot
+    load: a local path that does not exist, or a hub id neither cached nor reachable."""
     for field in dataclasses.fields(cfg):
         kind = field.metadata.get("source")
         value = getattr(cfg, field.name)
         if not kind or not value:
             continue
         for item in value if isinstance(value, (tuple, list)) else (value,):
-            if not _looks_local(kind, item) or Path(item).expanduser().exists():
+            if not _looks_local(kind, item):
+                _check_hub_id(kind, item)
+                continue
+            if Path(item).expanduser().exists():
                 continue
             if kind == "data":
                 raise DataError(f"no such file or directory: {item}", hint=f"check the path given to {_flag(field)}")

@@ -161,8 +161,12 @@ def test_a_one_class_classifier_is_refused_before_the_run_dir(cli, bert_classifi
     (["tokenize", "show", "-t", "./no-tok", "hello"], "no such tokenizer directory: ./no-tok"),
     (["tokenize", "dataset", "-t", "./no-tok", "--data", "d.jsonl", "-o", "ds"], "no such tokenizer directory"),
     (["tokenize", "train", "--corpus", "missing.txt", "-o", "tok"], "no such file or directory: missing.txt"),
+    # hub ids neither in the HF cache nor reachable (the tests run with HF_HUB_OFFLINE=1)
+    (["generate", "-m", "no-org/no-model", "--prompt", "x"], "cannot load model 'no-org/no-model'"),
+    (["sft", "-m", "no-org/no-model", "--data", "d.jsonl", "-o", "run"], "cannot load model 'no-org/no-model'"),
+    (["tokenize", "stats", "-t", "no-org/no-tok", "--data", "d.jsonl"], "cannot load tokenizer 'no-org/no-tok'"),
 ], ids=lambda v: " ".join(v[:2]) if isinstance(v, list) else None)
-def test_a_mistyped_local_path_fails_before_any_heavy_import(cli, argv, message, tmp_path, monkeypatch):
+def test_a_source_that_cannot_load_fails_before_any_heavy_import(cli, argv, message, tmp_path, monkeypatch):
     """A typo in -m took 16.9 s (torch and transformers were imported first): now the path is checked first."""
     from helpers import heavy_modules_after
 

@@ -111,14 +111,14 @@ def test_llmkit_debug_shows_traceback(tmp_path):
     assert "Traceback" in proc.stderr and "Error: no such tokenizer directory" in proc.stderr
 
 
-def test_interrupt_exits_130(cli, monkeypatch):
+def test_interrupt_exits_130(cli, monkeypatch, bpe_dir):
     import llmkit.tokenization
 
     def interrupted(cfg):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(llmkit.tokenization, "vocab", interrupted)
-    result = cli("tokenize", "vocab", "-t", "whatever")
+    result = cli("tokenize", "vocab", "-t", bpe_dir)
     assert result.exit_code == 130
 
 
@@ -133,7 +133,7 @@ def test_sigint_in_a_real_process_exits_130(tmp_path):
         "    print('working', file=sys.stderr, flush=True)\n"
         "    time.sleep(60)\n"
         "t.vocab = slow\n"
-        "sys.argv = ['llmkit', 'tokenize', 'vocab', '-t', 'x']\n"
+        f"sys.argv = ['llmkit', 'tokenize', 'vocab', '-t', {str(tmp_path)!r}]\n"
         "from llmkit.commands import main\n"
         "main()\n"
     )
