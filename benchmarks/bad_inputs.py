@@ -4,8 +4,9 @@
 
 Runs every N-th case of tests/commands/test_bad_input_matrix.py (values that are not numbers, values outside a
 list, unknown flags, presets and config files, on every command) plus mistyped local paths on every command that
-reads one, each as `llmkit ...` in a fresh process in an empty directory, and prints the wall-time distribution.
-None of these needs a model, so each should fail in under 1 s.
+reads one and hub ids that are neither cached nor reachable, each as `llmkit ...` in a fresh process in an empty
+directory. Prints the wall-time distribution and each source case's time. None of these needs a model, so each
+should fail in under 1 s.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ PATH_TYPOS = [
     ["tokenize", "show", "-t", "./no-tok", "hello"],
     ["tokenize", "dataset", "-t", "./no-tok", "--data", "d.jsonl", "-o", "ds"],
     ["tokenize", "train", "--corpus", "missing.txt", "-o", "tok"],
+    # hub ids neither in the HF cache nor reachable (offline here)
+    ["generate", "-m", "no-org/no-model", "--prompt", "x"],
+    ["sft", "-m", "no-org/no-model", "--data", "d.jsonl", "-o", "run"],
+    ["tokenize", "show", "-t", "no-org/no-tok", "hello"],
 ]
 
 
@@ -60,6 +65,8 @@ def main() -> None:
           f"{sum(t >= 1 for t in seconds)} took 1 s or more; {len(unclean)} not clean")
     for t, argv in sorted(times, reverse=True)[:3]:
         print(f"  slowest: {t:.3f} s  llmkit {' '.join(argv)}")
+    for t, argv in times[-len(PATH_TYPOS):]:
+        print(f"  source: {t:.3f} s  llmkit {' '.join(argv)}")
     for argv, code, err in unclean:
         print(f"  NOT CLEAN (exit {code}): llmkit {' '.join(argv)}: {err}")
 

@@ -15,7 +15,6 @@ import pytest
 from helpers import assert_clean_error, heavy_modules_after
 
 
-
 DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                    "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
 

@@ -7,7 +7,6 @@ import pytest
 from helpers import assert_clean_error
 
 
-
 def _untrained(kind: str, base, out):
     """The adapter exactly as peft's get_peft_model creates it (default initialisation), saved without training."""
     import torch

@@ -5,8 +5,6 @@ import json
 import os
 
 
-
-
 def test_adapter_trained_from_a_relative_base_path_loads_from_another_directory(cli, llama_base, tmp_path,
                                                                                  monkeypatch):
     data = tmp_path / "qa.jsonl"

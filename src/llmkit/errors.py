@@ -7,8 +7,6 @@ Exit codes (documented in README and `llmkit --help`):
 
 from __future__ import annotations
 
-import sys
-
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -45,6 +43,12 @@ class ModelLoadError(LlmkitError):
     """A model or tokenizer cannot be loaded from the given path or hub id (exit 1)."""
 
 
+def _raised_as(exc: BaseException, class_name: str) -> bool:
+    """Whether `exc` is (a subclass of) a library's exception class, known by name: this module imports none of
+    the libraries that raise them."""
+    return any(klass.__name__ == class_name for klass in type(exc).__mro__)
+
+
 def as_user_error(exc: BaseException) -> LlmkitError | None:
     """The one table from exceptions to what users see: an LlmkitError as it is; an operating-system error on a
     named path (permissions, a file where a dir should be, a full disk) as exit 1 with that path; a config.json that
@@ -52,14 +56,13 @@ def as_user_error(exc: BaseException) -> LlmkitError | None:
     a bug, None, and keeps its traceback."""
     if isinstance(exc, LlmkitError):
         return exc
-    strict = getattr(sys.modules.get("huggingface_hub.errors"), "StrictDataclassError", None)
-    if strict is not None and isinstance(exc, strict):   # a config.json field of the wrong type (transformers 5)
+    if _raised_as(exc, "StrictDataclassError"):   # huggingface_hub: a config.json field of the wrong type
         return ModelLoadError(f"the model's config.json is invalid: {' '.join(str(exc).split())}",
                               hint="fix that field in config.json (transformers names and types), or re-save the model")
-    if type(exc).__name__ == "SafetensorError":   # safetensors' Rust error: a truncated or damaged weights file
+    if _raised_as(exc, "SafetensorError"):   # safetensors' Rust error: a truncated or damaged weights file
         return ModelLoadError(f"a weights file is damaged or incomplete: {str(exc).splitlines()[0]}",
                               hint="download or save the model again (an interrupted copy leaves a short file)")
-    if type(exc).__name__ == "UnpicklingError" and "weights_only" in str(exc):
+    if _raised_as(exc, "UnpicklingError") and "weights_only" in str(exc):
         return ModelLoadError("the checkpoint is a pickle that torch will not load safely: it holds more than "
                               "tensors (pickles can run code)",
                               hint="use a safetensors copy of the model; llmkit never loads pickles unsafely")

@@ -182,9 +182,9 @@ class Source:
         self.device = resolve_device(cfg.device)
         check_model_source(name)
         refuse_quantized(name, cfg.trust_remote_code)
-        refuse_task_heads(name, cfg.trust_remote_code)
         # Everything that can be refused is refused on a weightless (meta) copy, before any loading.
         skeleton = meta_model(name, cfg.trust_remote_code)
+        refuse_task_heads(name, skeleton.config)
         self.skip = skip_modules(skeleton, cfg.skip_modules)
         shapes = {n: tuple(weight_matrix(m).shape) for n, m in quantizable_linears(skeleton, self.skip).items()}
         if not shapes:
@@ -260,13 +260,12 @@ def prepare_source(name: str, cfg, reporter: Reporter, specs: list[QuantSpec]) -
     return Source(name, cfg, reporter, specs)
 
 
-def refuse_task_heads(name: str, trust_remote_code: bool = False) -> None:
+def refuse_task_heads(name: str, config) -> None:
     """`quantize model` measures a causal LM (perplexity, logits through AutoModelForCausalLM): a checkpoint with
-    another head would load as a causal LM with a new, random head whose layers bitsandbytes never quantized."""
-    from llmkit.inference.loading import load_model_config
+    another head would load as a causal LM with a new, random head whose layers bitsandbytes never quantized.
+    `config` is the checkpoint's (its `architectures` name the head it was saved with)."""
     from llmkit.inference.tasks import head_task
 
-    config = load_model_config(name, trust_remote_code)
     task = head_task(config)
     archs = list(getattr(config, "architectures", None) or [])
     if task is not None or (archs and not any(a.endswith(("CausalLM", "LMHeadModel")) for a in archs)):

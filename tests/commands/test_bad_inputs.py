@@ -7,7 +7,6 @@ import pytest
 from helpers import assert_clean_error
 
 
-
 def test_yaml_numbers_without_a_dot_are_numbers(cli, tmp_path):
     settings = tmp_path / "train.yaml"
     settings.write_text("lr: 1e-4\nweight_decay: 1e-2\n")   # YAML 1.1 reads both as text

@@ -7,7 +7,6 @@ import pytest
 from helpers import assert_clean_error, run_json
 
 
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     import torch

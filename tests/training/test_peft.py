@@ -247,9 +247,6 @@ def test_prompt_methods_on_a_masked_lm_are_refused(cli, bert_dir, tmp_path, corp
     assert not (tmp_path / "run").exists()
 
 
-
-
-
 def test_adapter_gradients_through_a_4bit_base_equal_those_through_its_dequantized_weights(llama_base):
     """QLoRA trains against the dequantized NF4 weights: the LoRA gradients must be the ones an fp32 model holding
     exactly those weights gives (bitsandbytes' CPU backward path, checked on realistic shapes)."""

@@ -13,7 +13,6 @@ import torch
 from helpers import assert_clean_error, base_config
 
 
-
 def _weights(model_dir):
     from safetensors.torch import load_file
 

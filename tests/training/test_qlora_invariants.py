@@ -12,7 +12,6 @@ import pytest
 import torch
 
 
-
 # nf4 as QLoRA recipes use it (block constants quantized too), fp4 without: bitsandbytes keeps them differently
 QUANTS = {"nf4": dict(quant="nf4", double_quant=True), "fp4": dict(quant="fp4"), "int8": dict(quant="int8")}
 TARGETS = {"q,v": ("q_proj", "v_proj"), "all-linear": ("all-linear",)}

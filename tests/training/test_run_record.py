@@ -7,8 +7,6 @@ import os
 import pathlib
 
 
-
-
 def _values(config) -> dict:
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
 
