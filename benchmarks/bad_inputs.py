@@ -33,6 +33,7 @@ PATH_TYPOS = [
     ["tokenize", "show", "-t", "./no-tok", "hello"],
     ["tokenize", "dataset", "-t", "./no-tok", "--data", "d.jsonl", "-o", "ds"],
     ["tokenize", "train", "--corpus", "missing.txt", "-o", "tok"],
+    ["launch", "--cpu", "--dry-run", "--", "llmkit", "sft", "-m", "./no-model", "--data", "d.jsonl", "-o", "run"],
     # hub ids neither in the HF cache nor reachable (offline here)
     ["generate", "-m", "no-org/no-model", "--prompt", "x"],
     ["sft", "-m", "no-org/no-model", "--data", "d.jsonl", "-o", "run"],

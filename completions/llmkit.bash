@@ -95,7 +95,7 @@ _llmkit() {
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--strategy --num-processes --nodes --node-rank --main-ip --main-port --hostfile --mixed-precision --offload-device --nvme-path --cpu --gpu-memory --threads-per-process --timeout --write-config --dry-run --overwrite --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--strategy --num-processes --nodes --node-rank --main-ip --main-port --hostfile --mixed-precision --offload-device --nvme-path --cpu --gpu-memory --threads-per-process --timeout --write-config --dry-run --overwrite --check-sources --no-check-sources --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "memory-estimate")
             case "$prev" in

@@ -217,14 +217,34 @@ def test_mixed_precision_is_passed_once(cli, train_cmd):
     assert_clean_error(result, 2, "--mixed-precision bf16", "says --mixed-precision no")
 
 
+def test_dry_run_refuses_the_sources_the_real_run_would(cli, configs, bpe_dir, docs_file, tmp_path):
+    missing_data = _train(configs, bpe_dir, tmp_path / "typo.jsonl", tmp_path / "run")
+    result = cli("launch", "--cpu", "--dry-run", "--", *missing_data)
+    assert_clean_error(result, 1, "in the training command: no such file or directory", "typo.jsonl",
+                       "--no-check-sources")
+    missing_model = _train(configs, bpe_dir, docs_file, tmp_path / "run")
+    missing_model[3] = str(tmp_path / "no-model")
+    missing_model.remove("--from-scratch")
+    assert_clean_error(cli("launch", "--cpu", "--dry-run", "--", *missing_model), 1, "no-model")
+    # the real run refuses it the same way, before any process starts
+    assert_clean_error(cli("launch", "--cpu", "--", *missing_data), 1, "typo.jsonl")
+    assert not (tmp_path / "run").exists()
+    # sources that exist only on the nodes: the flags are still checked, the paths are not
+    result = cli("launch", "--cpu", "--dry-run", "--no-check-sources", "--json", "--", *missing_data)
+    assert result.exit_code == 0, result.stderr
+    assert_clean_error(cli("launch", "--cpu", "--dry-run", "--no-check-sources", "--", *missing_data, "--lr", "x"),
+                       2, "the training command is invalid")
+
+
 def test_auto_picks_the_cheapest_strategy_that_fits(cli):
     from llmkit.config import MemoryEstimateConfig
     from llmkit.memory import estimate
 
+    # placeholders, not checked: the memory is the preset's, with its own vocabulary
     cmd = ["llmkit", "pretrain", "--model", "llama-2-7b", "--from-scratch", "-t", "tok", "--data", "d.jsonl",
            "-o", "out", "--batch-size", "1", "--seq-len", "2048", "--grad-checkpointing", "--mixed-precision", "bf16"]
     result = cli("launch", "--strategy", "auto", "--num-processes", "8", "--gpu-memory", "40GiB", "--dry-run",
-                 "--json", "--", *cmd)
+                 "--no-check-sources", "--json", "--", *cmd)
     assert result.exit_code == 0, result.stderr
     plan = json.loads(result.stdout)
     fits = [c["strategy"] for c in plan["candidates"] if c["fits"]]
@@ -239,12 +259,13 @@ def test_auto_picks_the_cheapest_strategy_that_fits(cli):
     assert plan["commands"][0]["argv"][-2] == "--deepspeed"
 
 
-def test_auto_needs_a_budget_and_a_sizeable_model(cli, train_cmd, tmp_path):
+def test_auto_needs_a_budget_and_a_sizeable_model(cli, train_cmd, bpe_dir, docs_file, tmp_path):
     assert_clean_error(cli("launch", "--strategy", "auto", "--cpu", "--dry-run", "--", *train_cmd), 2,
                        "--gpu-memory")
     odd = tmp_path / "odd.json"
     odd.write_text(json.dumps({"model_type": "llama"}))
-    cmd = ["llmkit", "pretrain", "--model", str(odd), "--from-scratch", "-t", "x", "--data", "d", "-o", "o"]
+    cmd = ["llmkit", "pretrain", "--model", str(odd), "--from-scratch", "-t", bpe_dir, "--data", docs_file, "-o",
+           tmp_path / "o"]
     assert_clean_error(cli("launch", "--strategy", "auto", "--cpu", "--gpu-memory", "1GiB", "--dry-run", "--", *cmd),
                        2, "needs the model's size")
     # without auto, an unsizeable model is said and the launch goes on
@@ -530,7 +551,7 @@ def test_a_bad_training_command_is_refused_once_before_any_rank_starts(train_cmd
     assert not (tmp_path / "run").exists()
 
 
-def test_the_training_commands_preset_and_config_file_are_read_for_the_memory(cli, bpe_dir, tmp_path):
+def test_the_training_commands_preset_and_config_file_are_read_for_the_memory(cli, bpe_dir, docs_file, tmp_path):
     from typer.main import get_command
 
     from llmkit.commands import app
@@ -544,5 +565,5 @@ def test_the_training_commands_preset_and_config_file_are_read_for_the_memory(cl
     assert config.model == "tiny-llama" and config.seq_len == 64     # preset < file
     assert config.batch_size == 4 and config.grad_checkpointing is True   # flags win
     plan = json.loads(cli("launch", "--cpu", "--dry-run", "--json", "--", "llmkit", "pretrain", "--preset",
-                          "tiny-llama", "-t", bpe_dir, "--data", "d.jsonl", "-o", tmp_path / "r").stdout)
+                          "tiny-llama", "-t", bpe_dir, "--data", docs_file, "-o", tmp_path / "r").stdout)
     assert plan["memory"] is not None and plan["memory_note"] is None

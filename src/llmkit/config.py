@@ -1204,6 +1204,10 @@ class LaunchConfig:
                                          "hostfile, one command per node and a SLURM script into DIR, and exit.")
     dry_run: bool = opt(False, "Print the exact command(s) and the per-rank memory, and exit.")
     overwrite: bool = opt(False, "Let --write-config write into a non-empty directory.")
+    check_sources: bool = opt(True, "Check the training command's model, tokenizer, adapter and data (local paths "
+                                    "exist, hub ids cached or reachable) before planning or starting; "
+                                    "--no-check-sources when they exist only on the nodes.",
+                              negatable=True)
 
     def __post_init__(self) -> None:
         problems: list[str] = []

@@ -70,6 +70,16 @@ def require_hub(name: str, what: str) -> None:
     if reason:
         raise ModelLoadError(
             f"cannot load {what} '{name}': it is not a local path and the Hugging Face Hub cannot be reached: {reason}",
-            hint="pass a local directory (for example one written by `llmkit tokenize train`), "
-                 "or run where the hub is reachable; files already in the HF cache load offline",
+            hint=f"pass a local {_LOCAL_EXAMPLE.get(what, 'directory')}, or run where the hub is reachable; files "
+                 "already in the HF cache load offline",
         )
+
+
+# what a user would pass instead of a hub id, by what is loaded
+_LOCAL_EXAMPLE = {
+    "tokenizer": "directory (for example one written by `llmkit tokenize train`)",
+    "model": "directory (for example a run's model/, or a config .json to build from scratch)",
+    "model config": "config .json or model directory",
+    "adapter": "adapter directory (the adapter/ of an `llmkit peft` run)",
+    "dataset": "data file (jsonl, json, csv, parquet, txt) or a saved datasets dir",
+}

@@ -55,7 +55,7 @@ def test_write_config_never_writes_into_a_non_empty_dir_without_overwrite(cli, t
     out = tmp_path / "launch"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    training = ["--", "llmkit", "pretrain", "--model", "m", "--data", "d", "-o", "o"]
+    training = ["--no-check-sources", "--", "llmkit", "pretrain", "--model", "m", "--data", "d", "-o", "o"]
     assert_clean_error(cli("launch", "--cpu", "--write-config", out, *training), 2, "--write-config", "is not empty",
                        "--overwrite")
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]

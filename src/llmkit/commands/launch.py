@@ -55,6 +55,8 @@ def launch(cfg: LaunchConfig, out: Output, ctx: typer.Context, command: Optional
     # here, before any rank starts, and the memory figures are those of exactly this run
     training = core.TrainingCommand(subcommand=argv[1], args=tuple(argv[2:]),
                                     config=resolve_training_config(argv[1:], ctx.find_root().command))
+    if cfg.check_sources:
+        check_training_sources(training.config)
     plan = core.plan_launch(cfg, training, check_port=not only_plan)
     if cfg.write_config is not None:
         core.write_files(plan, cfg)
@@ -91,6 +93,19 @@ def resolve_training_config(argv: list[str], root):
     except ConfigError as exc:
         raise ConfigError(f"the training command is invalid: {exc.message}",
                           hint=exc.hint or f"check it alone: llmkit {argv[0]} ... --print-config") from None
+
+
+def check_training_sources(config) -> None:
+    """The training command's own source checks, run here so that a dry run refuses what the real run would."""
+    from llmkit.errors import LlmkitError
+    from llmkit.preflight import check_sources
+
+    try:
+        check_sources(config)
+    except LlmkitError as exc:
+        hint = exc.hint or "check the path or hub id"
+        raise type(exc)(f"in the training command: {exc.message}",
+                        hint=f"{hint} (or, when it exists only on the nodes: launch --no-check-sources)") from None
 
 
 def _summary(plan) -> list[str]:
