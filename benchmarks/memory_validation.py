@@ -4,8 +4,8 @@
     python benchmarks/memory_validation.py --write-results # ... and replaces `## memory-estimate` in RESULTS.md
     python benchmarks/memory_validation.py --only validation|startup|deepspeed
 
-validation: for each configuration (LLaMA- and BERT-shaped models of ~110M parameters) a fresh subprocess builds the
-  model with transformers, runs one training step the way the HF Trainer does (forward with labels under optional
+validation: for each configuration (LLaMA-, BERT-, GPT-2-, T5- and mT5-shaped models of 60-110M parameters) a
+  fresh subprocess builds the model with transformers, runs one training step the way the HF Trainer does (forward with labels under optional
   bf16 autocast, backward, clip_grad_norm_, optimizer.step, zero_grad(set_to_none=True)) to create the optimizer
   state, then measures a second step:
     * live peak: bytes of live tensors at the start of the step (parameters, buffers, optimizer state) plus the
@@ -50,6 +50,16 @@ BERT_BASE = dict(model_type="bert", hidden_size=768, intermediate_size=3072, num
                  num_attention_heads=12, vocab_size=30522, max_position_embeddings=512, type_vocab_size=2,
                  hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
                  tie_word_embeddings=True)
+# GPT-2 with its defaults: gelu_new, dropout 0.1 everywhere, tied head
+GPT2_85M = dict(model_type="gpt2", n_embd=768, n_inner=3072, n_layer=8, n_head=12, vocab_size=32000, n_positions=1024)
+# t5-small (relu feed-forward, tied head) and an mT5-small-shaped model (gated-gelu, untied head) with a 32k vocabulary
+T5_SMALL = dict(model_type="t5", d_model=512, d_ff=2048, num_layers=6, num_decoder_layers=6, num_heads=8, d_kv=64,
+                vocab_size=32128, feed_forward_proj="relu", dropout_rate=0.1, decoder_start_token_id=0,
+                pad_token_id=0)
+MT5_SMALL = dict(model_type="mt5", d_model=512, d_ff=1024, num_layers=8, num_decoder_layers=8, num_heads=6, d_kv=64,
+                 vocab_size=32000, feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.1,
+                 decoder_start_token_id=0, pad_token_id=0)
+SEQ2SEQ_TYPES = ("t5", "mt5")
 
 # name, model fields, llmkit memory-estimate options
 CONFIGS = [
@@ -80,6 +90,20 @@ CONFIGS = [
      dict(batch_size=16, seq_len=128, optimizer="sgd", attention="eager")),
     ("bert bf16-autocast sgd mlm b4 s64 eager", BERT_BASE,
      dict(batch_size=4, seq_len=64, optimizer="sgd", attention="eager", mixed_precision="bf16")),
+    # issue #18: GPT-2, T5 and mT5 (eager attention: their dropout makes CPU sdpa fall back to it anyway)
+    ("gpt2 fp32 adamw b4 s256 eager", GPT2_85M, dict(batch_size=4, seq_len=256, attention="eager")),
+    ("gpt2 fp32 sgd b8 s256 eager", GPT2_85M, dict(batch_size=8, seq_len=256, optimizer="sgd", attention="eager")),
+    ("gpt2 fp32 lora c_attn r8 b4 s256 eager", GPT2_85M,
+     dict(batch_size=4, seq_len=256, attention="eager", peft="lora", lora_targets=("c_attn",))),
+    ("gpt2 bf16-autocast sgd b2 s128 eager", GPT2_85M,
+     dict(batch_size=2, seq_len=128, optimizer="sgd", attention="eager", mixed_precision="bf16")),
+    ("t5 fp32 adamw seq2seq b4 s128 eager", T5_SMALL, dict(batch_size=4, seq_len=128, attention="eager")),
+    ("t5 fp32 sgd seq2seq b8 s128 eager", T5_SMALL, dict(batch_size=8, seq_len=128, optimizer="sgd", attention="eager")),
+    ("t5 fp32 lora q,v r8 b8 s128 eager", T5_SMALL,
+     dict(batch_size=8, seq_len=128, attention="eager", peft="lora", lora_targets=("q", "v"))),
+    ("mt5 fp32 adamw seq2seq b4 s128 eager", MT5_SMALL, dict(batch_size=4, seq_len=128, attention="eager")),
+    ("mt5 fp32 sgd seq2seq b8 s128 eager", MT5_SMALL,
+     dict(batch_size=8, seq_len=128, optimizer="sgd", attention="eager")),
 ]
 
 
@@ -101,13 +125,17 @@ def _warm_up_runtime(fields: dict, device: str) -> None:
     import gc
 
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+    from transformers import AutoConfig
 
-    small = dict(fields, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
-                 vocab_size=128)
+    small = dict(fields, vocab_size=128)
+    small.update({key: 64 for key in ("hidden_size", "n_embd", "d_model") if key in fields})
+    small.update({key: 128 for key in ("intermediate_size", "n_inner", "d_ff") if key in fields})
+    small.update({key: 1 for key in ("num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers")
+                  if key in fields})
+    small.update({key: 4 for key in ("num_attention_heads", "n_head", "num_heads") if key in fields})
+    small.update({"d_kv": 16} if "d_kv" in fields else {})
     small.pop("num_key_value_heads", None)
-    auto = AutoModelForMaskedLM if fields["model_type"] == "bert" else AutoModelForCausalLM
-    model = auto.from_config(AutoConfig.for_model(**small)).to(device)
+    model = _auto_class(fields["model_type"], None).from_config(AutoConfig.for_model(**small)).to(device)
     ids = torch.randint(0, 128, (1, 8), device=device)
     for autocast in (False, True):
         with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
@@ -117,12 +145,22 @@ def _warm_up_runtime(fields: dict, device: str) -> None:
     gc.collect()
 
 
+def _auto_class(model_type: str, task: str | None):
+    from transformers import (AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM,
+                              AutoModelForSequenceClassification)
+
+    task = task or ("masked-lm" if model_type == "bert" else "seq2seq" if model_type in SEQ2SEQ_TYPES
+                    else "causal-lm")
+    return {"causal-lm": AutoModelForCausalLM, "masked-lm": AutoModelForMaskedLM, "seq2seq": AutoModelForSeq2SeqLM,
+            "seq-cls": AutoModelForSequenceClassification}[task]
+
+
 def worker(spec: dict) -> dict:
     import resource
 
     import torch
     import transformers  # noqa: F401  (part of the post-import baseline)
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -131,10 +169,13 @@ def worker(spec: dict) -> dict:
     _warm_up_runtime(fields, device)
     baseline_rss = _rss_bytes()
     config = AutoConfig.for_model(**fields)
-    task = opts.get("task") or ("causal-lm" if fields["model_type"] != "bert" else "masked-lm")
-    auto = {"causal-lm": AutoModelForCausalLM, "masked-lm": AutoModelForMaskedLM,
-            "seq-cls": AutoModelForSequenceClassification}[task]
-    model = auto.from_config(config, attn_implementation=opts.get("attention", "sdpa")).to(device)
+    task = opts.get("task")
+    model = _auto_class(fields["model_type"], task).from_config(
+        config, attn_implementation=opts.get("attention", "sdpa")).to(device)
+    if fields["model_type"] == "mt5" and not fields.get("tie_word_embeddings", True):
+        # from_config ties mT5's head to the embedding whatever the config says; real checkpoints ship their own
+        # lm_head, which from_pretrained loads untied (what the estimate counts)
+        model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight))
     model.train()
     if opts.get("grad_checkpointing"):
         model.gradient_checkpointing_enable()
@@ -148,9 +189,11 @@ def worker(spec: dict) -> dict:
         for name, param in model.named_parameters():
             param.requires_grad = name.startswith("classifier")
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer_name = opts.get("optimizer", "adamw")
-    if optimizer_name == "adamw":
-        optimizer = torch.optim.AdamW(trainable, lr=1e-4, foreach=True)   # foreach: what GPUs run by default
+    optimizer_name = opts.get("optimizer", "adamw-fused")   # memory-estimate's and the training commands' default
+    if optimizer_name == "adamw-fused":
+        optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=True)
+    elif optimizer_name == "adamw":
+        optimizer = torch.optim.AdamW(trainable, lr=1e-4, foreach=True)
     elif optimizer_name == "adafactor":
         from transformers.optimization import Adafactor
 
@@ -208,14 +251,14 @@ def worker(spec: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 # the estimated side
 
-def llmkit_estimate(fields: dict, options: dict, workdir: Path):
+def llmkit_estimate(fields: dict, options: dict, workdir: Path, device: str = "cpu"):
     sys.path.insert(0, str(ROOT / "src"))
     from llmkit.memory import estimate
     from llmkit.config import MemoryEstimateConfig
 
     path = workdir / f"{fields['model_type']}-config.json"
     path.write_text(json.dumps(fields))
-    return estimate(MemoryEstimateConfig(model=str(path), overhead="0", **options))
+    return estimate(MemoryEstimateConfig(model=str(path), overhead="0", device=device, **options))
 
 
 def run_validation(device: str, pick: list[int] | None = None) -> tuple[str, bool]:
@@ -226,7 +269,7 @@ def run_validation(device: str, pick: list[int] | None = None) -> tuple[str, boo
         for index, (name, fields, options) in enumerate(CONFIGS):
             if pick is not None and index not in pick:
                 continue
-            est = llmkit_estimate(fields, options, Path(tmp))
+            est = llmkit_estimate(fields, options, Path(tmp), device)
             spec = json.dumps({"fields": fields, "options": options, "device": device})
             started = time.time()
             proc = subprocess.run([PYTHON, __file__, "--worker", spec], capture_output=True, text=True,

@@ -122,6 +122,7 @@ _llmkit() {
                 --gpus|--num-processes) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --nodes) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --gpu-memory) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --device) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --overhead) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --layers) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --hidden) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -129,10 +130,11 @@ _llmkit() {
                 --kv-heads) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --vocab) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --intermediate) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --fit) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--params --model -m --mode --task --precision --base-dtype --mixed-precision --quant --double-quant --optimizer --peft --method --lora-rank --lora-targets --num-virtual-tokens --freeze-base --trainable-layers --batch-size -b --seq-len --grad-accum --grad-checkpointing --no-grad-checkpointing --attention --strategy --zero --offload --gpus --num-processes --nodes --gpu-memory --overhead --layers --hidden --heads --kv-heads --vocab --intermediate --plan --explain --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--params --model -m --mode --task --precision --base-dtype --mixed-precision --quant --double-quant --optimizer --peft --method --lora-rank --lora-targets --num-virtual-tokens --freeze-base --trainable-layers --batch-size -b --seq-len --grad-accum --grad-checkpointing --no-grad-checkpointing --attention --strategy --zero --offload --gpus --num-processes --nodes --gpu-memory --device --overhead --layers --hidden --heads --kv-heads --vocab --intermediate --plan --fit --explain --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "merge")
             case "$prev" in
@@ -154,10 +156,13 @@ _llmkit() {
                 --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --tokenizer|-t) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --data-revision) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --eval-data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --eval-split) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --seq-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --num-proc) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --data-cache) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --batch-size|-b) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --grad-accum) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --lr) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -227,7 +232,7 @@ _llmkit() {
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --trust-remote-code --data --text-field --eval-data --eval-split --seq-len --pack --padding-free --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --objective --format --template --chat-template --multi-turn --train-on-prompt --messages-field --prompt-field --completion-field --instruction-field --input-field --output-field --system-field --preview --check --task --text-pair-field --label-field --labels --tokens-field --tags-field --label-all-subtokens --question-field --context-field --answers-field --doc-stride --max-answer-length --mlm-probability --mask-replace-prob --random-replace-prob --whole-word-masking --noise-density --mean-span-length --method --lora-rank --lora-alpha --lora-dropout --lora-targets --modules-to-save --use-rslora --use-dora --ia3-targets --ia3-feedforward --num-virtual-tokens --prompt-init --prompt-init-text --encoder --encoder-hidden-size --prefix-projection --no-prefix-projection --quant --double-quant --compute-dtype --base-dtype --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --trust-remote-code --data --data-revision --text-field --eval-data --eval-split --seq-len --pack --padding-free --num-proc --data-cache --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --objective --format --template --chat-template --multi-turn --train-on-prompt --messages-field --prompt-field --completion-field --instruction-field --input-field --output-field --system-field --preview --check --task --text-pair-field --label-field --labels --tokens-field --tags-field --label-all-subtokens --question-field --context-field --answers-field --doc-stride --max-answer-length --mlm-probability --mask-replace-prob --random-replace-prob --whole-word-masking --noise-density --mean-span-length --method --lora-rank --lora-alpha --lora-dropout --lora-targets --modules-to-save --use-rslora --use-dora --ia3-targets --ia3-feedforward --num-virtual-tokens --prompt-init --prompt-init-text --encoder --encoder-hidden-size --prefix-projection --no-prefix-projection --quant --double-quant --compute-dtype --base-dtype --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "presets")
             COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
@@ -237,10 +242,13 @@ _llmkit() {
                 --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --tokenizer|-t) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --data-revision) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --eval-data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --eval-split) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --seq-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --num-proc) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --data-cache) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --batch-size|-b) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --grad-accum) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --lr) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -271,7 +279,7 @@ _llmkit() {
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --trust-remote-code --data --text-field --eval-data --eval-split --seq-len --pack --padding-free --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --mlm-probability --mask-replace-prob --random-replace-prob --whole-word-masking --noise-density --mean-span-length --objective --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --trust-remote-code --data --data-revision --text-field --eval-data --eval-split --seq-len --pack --padding-free --num-proc --data-cache --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --mlm-probability --mask-replace-prob --random-replace-prob --whole-word-masking --noise-density --mean-span-length --objective --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "quantize compare")
             case "$prev" in
@@ -339,10 +347,13 @@ _llmkit() {
                 --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --tokenizer|-t) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --data-revision) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --eval-data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --eval-split) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --seq-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --num-proc) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --data-cache) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --batch-size|-b) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --grad-accum) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --lr) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -390,7 +401,7 @@ _llmkit() {
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --trust-remote-code --data --text-field --eval-data --eval-split --seq-len --pack --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --format --template --chat-template --multi-turn --train-on-prompt --messages-field --prompt-field --completion-field --instruction-field --input-field --output-field --system-field --preview --check --task --text-pair-field --label-field --labels --tokens-field --tags-field --label-all-subtokens --question-field --context-field --answers-field --doc-stride --max-answer-length --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --trust-remote-code --data --data-revision --text-field --eval-data --eval-split --seq-len --pack --num-proc --data-cache --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --format --template --chat-template --multi-turn --train-on-prompt --messages-field --prompt-field --completion-field --instruction-field --input-field --output-field --system-field --preview --check --task --text-pair-field --label-field --labels --tokens-field --tags-field --label-all-subtokens --question-field --context-field --answers-field --doc-stride --max-answer-length --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "tokenize dataset")
             case "$prev" in
@@ -398,12 +409,13 @@ _llmkit() {
                 --output-dir|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --data-revision) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --max-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --num-proc) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--tokenizer -t --output-dir -o --overwrite --text-field --trust-remote-code --data --max-length --pack --num-proc --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--tokenizer -t --output-dir -o --overwrite --text-field --trust-remote-code --data --data-revision --max-length --pack --num-proc --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "tokenize show")
             case "$prev" in
@@ -421,12 +433,13 @@ _llmkit() {
                 --tokenizer|-t) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --data-revision) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --max-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --num-proc) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--tokenizer -t --text-field --trust-remote-code --data --max-length --pack --num-proc --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--tokenizer -t --text-field --trust-remote-code --data --data-revision --max-length --pack --num-proc --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "tokenize train")
             case "$prev" in

@@ -15,6 +15,12 @@ from helpers import CAUSAL, CHAT_TEMPLATE, LLAMA_BASE, TINY_BERT, TINY_LLAMA, TI
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory):
+    """Tokenized data is cached for the session (subprocesses inherit it), never in the user's ~/.cache."""
+    os.environ["LLMKIT_CACHE"] = str(tmp_path_factory.mktemp("llmkit-cache"))
+
 @pytest.fixture(scope="session")
 def corpus_texts() -> list[str]:
     from llmkit import corpus

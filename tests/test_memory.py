@@ -27,7 +27,7 @@ def est(model, **kwargs):
 
 def test_full_finetune_fp32_adamw_is_20_bytes_per_param_at_the_step(tiny):
     # weights 4 + gradients 4 + AdamW 8 + foreach sqrt(v) temporary 4 (activations are tiny at b=1 s=8)
-    result = est(tiny, seq_len=8)
+    result = est(tiny, seq_len=8, optimizer="adamw")
     assert result.peak_phase == "optimizer_step"
     assert result.per_device == {"weights": 4 * P, "gradients": 4 * P, "optimizer": 12 * P, "activations": 0,
                                  "overhead": 0, "total": 20 * P}
@@ -41,7 +41,7 @@ def test_fused_adamw_has_no_temporaries_and_sgd_no_state(tiny):
 
 
 def test_pure_bf16_halves_weights_gradients_and_states(tiny):
-    result = est(tiny, seq_len=8, precision="bf16")
+    result = est(tiny, seq_len=8, precision="bf16", optimizer="adamw")
     assert result.phases["optimizer_step"] == 10 * P
 
 
@@ -160,8 +160,11 @@ def test_parse_size(text, value):
 
 def test_default_overhead_is_its_own_row(tiny):
     result = memory.estimate(MemoryEstimateConfig(model=tiny))
-    assert result.per_device["overhead"] == memory.DEFAULT_OVERHEAD_BYTES
+    tensors = max(result.phases.values())
+    # CUDA context (512 MiB) + the caching allocator's 10 % over the tensor peak; nothing of it on CPU
+    assert result.per_device["overhead"] == 512 * 2**20 + int(0.10 * tensors)
     assert result.assumptions["overhead_calibrated"] is False
+    assert memory.estimate(MemoryEstimateConfig(model=tiny, device="cpu")).per_device["overhead"] == 0
 
 
 @pytest.mark.parametrize("kwargs, needle", [
@@ -178,10 +181,3 @@ def test_contradictions(kwargs, needle):
         MemoryEstimateConfig(**kwargs)
 
 
-def test_plan_search_finds_fitting_plans():
-    # its speed (target < 1 s) is measured in benchmarks/memory_validation.py, not here
-    cfg = MemoryEstimateConfig(params="1.4B", gpu_memory="8GiB", plan=True, batch_size=8, seq_len=1024)
-    result = memory.estimate(cfg)
-    assert result.fits is False and result.plans
-    assert any(p.per_device_total <= 8 * 2**30 and not p.changes_what_is_trained for p in result.plans)
-    assert result.plans[0].flags and result.plans[0].hf_training_arguments

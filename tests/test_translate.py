@@ -6,12 +6,14 @@ quantization), and `llmkit memory-estimate` with the equivalent flags written ou
 And every plan `memory-estimate --plan` prints is a command line its llmkit command accepts.
 """
 
+import dataclasses
 import json
 import shlex
 
 import pytest
 
 from helpers import assert_clean_error
+from llmkit.config import parse_size
 
 TINY = {
     # layer sizes are multiples of 64: bitsandbytes' CPU 4-bit kernels need that
@@ -63,6 +65,9 @@ CASES = [
     ("llama", "pretrain -b 4 --seq-len 64 --mixed-precision bf16", "--batch-size 4 --seq-len 64 --mixed-precision bf16",
      ""),
     ("gpt2", "pretrain -b 4 --seq-len 64", "--batch-size 4 --seq-len 64", ""),
+    # CUDA and CPU autocast differ for GPT-2: a CPU run is forecast under the CPU rules
+    ("gpt2", "pretrain -b 4 --seq-len 64 --mixed-precision bf16", "--batch-size 4 --seq-len 64 --mixed-precision bf16",
+     ""),
     ("bert", "pretrain --objective masked-lm -b 4 --seq-len 64", "--task masked-lm --batch-size 4 --seq-len 64", ""),
     ("t5", "pretrain --objective seq2seq -b 4 --seq-len 64", "--task seq2seq --batch-size 4 --seq-len 64", ""),
     ("llama", "sft -b 2 --seq-len 128", "--batch-size 2 --seq-len 128", ""),
@@ -119,7 +124,9 @@ def _launch_memory(cli, model_dir, data, command: str, launch_flags: str) -> dic
 
 
 def _estimate(cli, model_dir, flags: str) -> dict:
-    result = cli("memory-estimate", "--model", model_dir, *shlex.split(flags), "--overhead", "0", "--json")
+    # the runs above are CPU runs (launch --cpu, the forecast without a GPU): the estimate under the CPU rules
+    result = cli("memory-estimate", "--model", model_dir, *shlex.split(flags), "--overhead", "0", "--device", "cpu",
+                 "--json")
     assert result.exit_code == 0, (result.stdout, result.stderr)
     return json.loads(result.stdout)["per_device"]
 
@@ -200,6 +207,24 @@ PLAN_MATRIX = [
     ("--model llama-2-7b", "--batch-size 4 --seq-len 2048", "24GiB", "1"),
     ("--model bert-large", "--batch-size 32 --seq-len 512", "4GiB", "1"),
     ("--model t5-base", "--batch-size 16 --seq-len 512 --task seq2seq", "8GiB", "1"),
+    ("--params 350M", "--batch-size 32 --seq-len 1024", "8GiB", "1"),
+    ("--params 3B", "--batch-size 8 --seq-len 2048 --peft lora --lora-targets all-linear", "12GiB", "1"),
+    ("--params 13B", "--batch-size 2 --seq-len 2048", "40GiB", "1"),
+    ("--params 13B", "--batch-size 4 --seq-len 2048", "40GiB", "4"),
+    ("--params 13B", "--batch-size 4 --seq-len 4096 --peft lora --quant nf4 --double-quant", "24GiB", "1"),
+    ("--params 30B", "--batch-size 8 --seq-len 2048", "80GiB", "8"),
+    ("--params 70B", "--batch-size 8 --seq-len 4096 --peft lora --quant nf4", "80GiB", "2"),
+    ("--model llama-2-7b", "--batch-size 4 --seq-len 2048 --peft lora", "16GiB", "1"),
+    ("--model llama-2-7b", "--batch-size 4 --seq-len 2048", "24GiB", "8"),
+    ("--model llama-3-8b", "--batch-size 2 --seq-len 4096 --peft lora --mixed-precision bf16", "24GiB", "1"),
+    ("--model qwen2.5-7b", "--batch-size 8 --seq-len 1024 --optimizer adamw-8bit", "40GiB", "2"),
+    ("--model mistral-7b", "--batch-size 4 --seq-len 2048 --peft ia3", "16GiB", "1"),
+    ("--model gpt2", "--batch-size 64 --seq-len 1024", "8GiB", "1"),
+    ("--model bert-base", "--batch-size 64 --seq-len 512 --task seq-cls", "4GiB", "1"),
+    ("--model llama-2-7b", "--mode inference --batch-size 16 --seq-len 4096", "16GiB", "1"),
+    ("--model llama-3-8b", "--mode inference --batch-size 8 --seq-len 8192", "12GiB", "1"),
+    ("--params 70B", "--mode inference --batch-size 4 --seq-len 2048", "48GiB", "1"),
+    ("--model qwen2.5-0.5b", "--mode inference --precision fp32 --batch-size 64 --seq-len 4096", "8GiB", "1"),
 ]
 
 
@@ -211,6 +236,7 @@ def test_every_plan_is_a_command_line_its_command_accepts(cli, model, flags, bud
                  "--plan", "--json")
     assert result.exit_code == 0, result.stderr
     plans = json.loads(result.stdout)["plans"]
+    assert plans   # every case of the matrix does not fit as asked
     for plan in plans:
         argv = plan["argv"]
         assert argv[0] == "llmkit" and shlex.split(plan["command"]) == argv
@@ -224,7 +250,48 @@ def test_every_plan_is_a_command_line_its_command_accepts(cli, model, flags, bud
             training = argv[1:]
         printed = cli(*training, "--print-config")
         assert printed.exit_code == 0, (plan["command"], printed.stderr)
-        resolve_command_line(training, _root())   # the same parser launch uses
+        resolved = resolve_command_line(training, _root())   # the same parser launch uses
+        # (b) the command line, read back, fits: re-estimated from what the command resolves to
+        assert _reestimate(argv, resolved, model, flags).per_device["total"] <= parse_size(budget, "budget"), plan
+
+
+def _reestimate(argv, resolved, model, flags):
+    """The memory estimate of a plan's command line, from the resolved training (or generate) config and the launch
+    flags, mapped here by hand (not through the plan's own config)."""
+    from llmkit import memory, translate
+    from llmkit.config import STRATEGY_ZERO, MemoryEstimateConfig
+
+    original = MemoryEstimateConfig(**_model_kwargs(model), **_flag_kwargs(flags))
+    spec = memory.load_model_spec(original)
+    if argv[1] == "generate":
+        quant = "nf4" if resolved.load_in_4bit else "int8" if resolved.load_in_8bit else "none"
+        return memory.estimate(dataclasses.replace(original, batch_size=resolved.batch_size,
+                                                   seq_len=resolved.max_length, precision=resolved.dtype,
+                                                   quant=quant), spec)
+    zero, offload, gpus = 0, "none", 1
+    if argv[1] == "launch":
+        zero, offload = STRATEGY_ZERO[argv[argv.index("--strategy") + 1]]
+        gpus = int(argv[argv.index("--num-processes") + 1])
+    mem_cfg = translate.memory_config(resolved, zero=zero, offload=offload, gpus=gpus, attention=original.attention)
+    return memory.estimate(dataclasses.replace(mem_cfg, model=original.model, params=original.params), spec)
+
+
+def _model_kwargs(model: str) -> dict:
+    flag, value = shlex.split(model)
+    return {flag[2:]: value}
+
+
+def _flag_kwargs(flags: str) -> dict:
+    tokens, out = shlex.split(flags), {}
+    for i, flag in enumerate(tokens):
+        if not flag.startswith("--"):
+            continue
+        key, value = flag[2:].replace("-", "_"), tokens[i + 1] if i + 1 < len(tokens) else "--"
+        if value.startswith("--"):
+            out[key] = True
+        else:
+            out[key] = tuple(value.split(",")) if key == "lora_targets" else int(value) if value.isdigit() else value
+    return out
 
 
 def test_a_plan_uses_the_training_commands_own_flags(cli):

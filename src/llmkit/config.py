@@ -31,7 +31,9 @@ Peft = Literal[("none", *get_args(PeftMethod))]   # memory-estimate: a full fine
 FLOAT32_MAX = 3.4028234663852886e38   # training hyperparameters reach the optimizer as float32
 SUPPORTED_4BIT_BLOCKSIZES = (64, 128, 256, 512, 1024, 2048, 4096)   # bitsandbytes' 4-bit blocksizes
 Attention = Literal["eager", "sdpa", "flash"]
+EstimateDevice = Literal["cuda", "cpu"]
 Offload = Literal["none", "optimizer", "optimizer+params"]
+FitLever = Literal["batch", "seq-len"]
 ZeroStage = Literal[0, 1, 2, 3]
 # `llmkit launch`'s strategies as (ZeRO stage, offload): the distributed layouts llmkit runs, so the only ones a plan
 # may name (FSDP FULL_SHARD partitions like ZeRO-3)
@@ -101,6 +103,24 @@ def parse_size(text: str | int, flag: str) -> int:
     if value < 0:
         raise ConfigError(f"{flag} must not be negative (got {text!r})")
     return int(round(value))
+
+
+# memory.total (MiB) that nvidia-smi reports for the cards sold under each whole-GB size; where several cards share
+# a size, the smallest: 16 T4, 24 RTX 3090/4090, 40 A100-40GB, 48 L40S, 80 H100 (A100-80GB: 81,920), 94 H100 NVL,
+# 141 H200
+GPU_CARD_MIB = {16: 15360, 24: 24564, 40: 40960, 48: 46068, 80: 81559, 94: 95830, 141: 143771}
+
+
+def gpu_memory_size(text: str | int) -> tuple[int, str | None]:
+    """--gpu-memory in bytes, and how it was read: a whole number of GB that a card is sold as (80GB, 24G) means that
+    card's memory (80GB -> 81,559 MiB = 79.6 GiB, not 80e9 bytes = 74.5 GiB); GiB/MiB and other sizes are exact."""
+    value = parse_size(text, "--gpu-memory")
+    match = re.fullmatch(r"\s*(\d+)\s*(gb|g)\s*", str(text), re.IGNORECASE)
+    if match and int(match.group(1)) in GPU_CARD_MIB:
+        card_mib = GPU_CARD_MIB[int(match.group(1))]
+        note = f"{text} read as a {match.group(1)} GB card: {card_mib:,} MiB ({card_mib / 1024:.2f} GiB)"
+        return card_mib * 2**20, note
+    return value, None
 
 
 def _positive(problems: list[str], flag: str, value: int | float | None) -> None:
@@ -243,7 +263,10 @@ class TokenizeDatasetConfig(RemoteCodeArgs, TextFieldArgs, OutputArgs, Tokenizer
     """`tokenize dataset`, and `tokenize stats` (no --output-dir: statistics only)."""
 
     preset_kind: ClassVar[str] = "tokenize"
-    data: str = opt("", "jsonl, json, csv, parquet, txt, a saved dataset dir or a hub dataset name.", source="data")
+    data: str = opt("", "jsonl, json, csv, parquet, txt (.gz/.zst too), a directory or glob of shards, a saved "
+                        "dataset dir or a hub dataset (NAME[:CONFIG[:SPLIT]]); a mix: a.jsonl,b.jsonl or weighted "
+                        "a.jsonl:0.7,b.jsonl:0.3.", source="data")
+    data_revision: str | None = opt(None, "The hub dataset's revision: a branch, tag or commit.")
     max_length: int | None = opt(None, "Most tokens per sequence (longer ones are truncated); with --pack, the block "
                                        "length.")
     pack: bool = opt(False, "Concatenate documents with eos between them and cut blocks of --max-length.")
@@ -254,6 +277,9 @@ class TokenizeDatasetConfig(RemoteCodeArgs, TextFieldArgs, OutputArgs, Tokenizer
         self._tokenizer_problems(problems)
         if not self.data:
             problems.append("--data is required")
+        from llmkit.data.sources import spec_problems
+
+        problems += spec_problems(self.data, "--data")
         _positive(problems, "--max-length", self.max_length)
         _positive(problems, "--num-proc", self.num_proc)
         if self.pack and self.max_length is None:
@@ -286,12 +312,14 @@ class MemoryEstimateConfig:
     mode: Mode = opt("train", "Training or inference.")
     task: Task | None = opt(None, "What the model trains as (default: from the architecture).")
     precision: Precision | None = opt(None, "The dtype the weights are stored and trained in (default fp32; bf16 for "
-                                            "inference and quantized bases); --base-dtype as in `llmkit peft`.",
+                                            "inference; QLoRA: fp32, as peft's k-bit preparation upcasts); "
+                                            "--base-dtype as in `llmkit peft`.",
                                       aliases=("--base-dtype",))
     mixed_precision: MixedPrecision = opt("no", "Autocast over fp32 weights, as the HF Trainer does it.")
     quant: Quant = opt("none", "bitsandbytes, linear layers only (QLoRA with --method lora).", panel="Adapter")
     double_quant: bool = opt(False, "Quantize the 4-bit absmax constants too.", panel="Adapter")
-    optimizer: Optimizer = opt("adamw", "The optimizer (8-bit ones: bitsandbytes).")
+    optimizer: Optimizer = opt("adamw-fused", "The optimizer (8-bit ones: bitsandbytes); the training commands' "
+                                              "default.")
     peft: Peft = opt("none", "The adapter trained on a frozen base (none: full fine-tuning); --method as in "
                              "`llmkit peft`.", aliases=("--method",), panel="Adapter")
     lora_rank: int = opt(8, "LoRA rank r.", panel="Adapter")
@@ -312,8 +340,12 @@ class MemoryEstimateConfig:
     gpus: int = opt(1, "GPUs (processes) per node; --num-processes as in `llmkit launch`.",
                     aliases=("--num-processes",), panel="Distribution")
     nodes: int = opt(1, "Nodes.", panel="Distribution")
-    gpu_memory: str | None = opt(None, "Memory of one GPU for the fit check: 24GiB, 80GB.", panel="Budget")
-    overhead: str | None = opt(None, "Per-process constant (CUDA context, workspaces); default 1GiB, uncalibrated.",
+    gpu_memory: str | None = opt(None, "Memory of one GPU for the fit check. A card size (16/24/40/48/80/94/141GB) "
+                                       "means that card's real memory (80GB = 79.6 GiB); GiB/MiB are exact.",
+                                 panel="Budget")
+    device: EstimateDevice = opt("cuda", "What runs it: cuda (CUDA autocast rules) or cpu (CPU autocast rules).")
+    overhead: str | None = opt(None, "Per-process constant replacing the default: the CUDA context (512MiB) plus "
+                                     "the caching allocator's reserve (10% of the tensors); 0 on CPU. Uncalibrated.",
                                panel="Budget")
     layers: int | None = opt(None, "Override the number of blocks.", panel="Model")
     hidden: int | None = opt(None, "Override the hidden size.", panel="Model")
@@ -322,6 +354,8 @@ class MemoryEstimateConfig:
     vocab: int | None = opt(None, "Override the vocabulary size.", panel="Model")
     intermediate: int | None = opt(None, "Override the MLP size.", panel="Model")
     plan: bool = opt(False, "When it does not fit, list the cheapest configurations that do.", panel="Budget")
+    fit: FitLever | None = opt(None, "Find the largest micro-batch (batch) or sequence length (seq-len) that fits "
+                                     "--gpu-memory, the rest as given.", panel="Budget")
     explain: bool = opt(False, "Show the formula and numbers behind every row.")
 
     def __post_init__(self) -> None:
@@ -366,8 +400,12 @@ class MemoryEstimateConfig:
                             "frozen integer codes with no gradient, so only adapters can train on a quantized base; "
                             "add --peft lora (QLoRA), or train unquantized")
         if self.quant != "none" and self.zero == 3:
+            # peft documents QLoRA + ZeRO-3, but only with bnb_4bit_quant_storage set to the compute dtype (so the
+            # packed 4-bit weights are bf16 tensors ZeRO-3 can partition) and DeepSpeed's zero3_init; llmkit's QLoRA
+            # keeps bitsandbytes' uint8 storage and launch loads without zero3_init
             problems.append(f"--zero 3 with --quant {self.quant}: DeepSpeed ZeRO-3 partitions parameters, which it "
-                            "cannot do to bitsandbytes-quantized weights; use --zero 2 (or plain DDP) with QLoRA")
+                            "cannot do to llmkit's bitsandbytes-quantized weights (uint8 storage); use --zero 2 "
+                            "(or plain DDP) with QLoRA")
         if self.double_quant and self.quant not in ("nf4", "fp4"):
             problems.append("--double-quant applies to 4-bit weights: add --quant nf4 or --quant fp4")
         if self.offload != "none" and self.zero == 0:
@@ -378,21 +416,26 @@ class MemoryEstimateConfig:
                             "parameters")
         if self.plan and self.gpu_memory is None:
             problems.append("--plan needs --gpu-memory: the budget the plans must fit")
+        if self.fit is not None and self.gpu_memory is None:
+            problems.append(f"--fit {self.fit} needs --gpu-memory: the budget to fit")
         validate(problems)
 
     @property
     def effective_precision(self) -> str:
-        """Unless given: bf16 for inference and for a quantized base (QLoRA keeps the unquantized parts in bf16),
-        fp32 for training (under --mixed-precision too: autocast runs over fp32 weights)."""
+        """Training on a quantized base (QLoRA): fp32, whatever is given, because llmkit's runs call peft's
+        prepare_model_for_kbit_training, which casts every parameter bitsandbytes left alone (embeddings, norms, lm
+        head) to fp32; bitsandbytes' layers return outputs in their input's dtype, so activations and logits are fp32
+        too unless autocast is on. Otherwise, unless given: bf16 for inference, fp32 for training (under
+        --mixed-precision too: autocast runs over fp32 weights)."""
+        if self.mode == "train" and self.quant != "none":
+            return "fp32"
         if self.precision is not None:
             return self.precision
-        if self.mode == "inference" or (self.quant != "none" and self.mixed_precision == "no"):
-            return "bf16"
-        return "fp32"
+        return "bf16" if self.mode == "inference" else "fp32"
 
     @property
     def gpu_memory_bytes(self) -> int | None:
-        return None if self.gpu_memory is None else parse_size(self.gpu_memory, "--gpu-memory")
+        return None if self.gpu_memory is None else gpu_memory_size(self.gpu_memory)[0]
 
     @property
     def architecture_overrides(self) -> dict[str, int | None]:
@@ -429,8 +472,10 @@ class ModelArgs:
 class DataArgs:
     PANEL: ClassVar[str] = "Data"
 
-    data: str = opt("", "Training data: jsonl, json, csv, parquet, txt, a `llmkit tokenize dataset` dir, or a hub "
-                        "dataset.", source="data")
+    data: str = opt("", "Training data: jsonl, json, csv, parquet, txt (.gz/.zst too), a directory or glob of "
+                        "shards, a `llmkit tokenize dataset` dir, or a hub dataset (NAME[:CONFIG[:SPLIT]]); a mix: "
+                        "a.jsonl,b.parquet or weighted a.jsonl:0.7,org/name:0.3.", source="data")
+    data_revision: str | None = redefault(TokenizeDatasetConfig, "data_revision", None)
     text_field: str = opt("text", "The field that holds the text; sft --task seq-cls: the text column.")
     eval_data: str | None = opt(None, "A separate evaluation set (same formats as --data).", source="data")
     eval_split: float | None = opt(None, "Hold out this share (0-1) or this many documents (>= 1) of --data for "
@@ -440,10 +485,17 @@ class DataArgs:
                             "document boundaries.")
     padding_free: bool = opt(False, "Pack, but each document attends only to itself (position ids restart per "
                                     "document; causal-lm).")
+    num_proc: int | None = opt(None, "Tokenizing workers (default: all cores).")
+    data_cache: str | None = opt(None, "Where tokenized data is cached, keyed by the data's content, the tokenizer "
+                                       "and the settings (default: $LLMKIT_CACHE or ~/.cache/llmkit).")
 
     def _data_problems(self, problems: list[str]) -> None:
+        from llmkit.data.sources import spec_problems
+
         if not self.data:
             problems.append("--data is required")
+        problems += spec_problems(self.data, "--data") + spec_problems(self.eval_data, "--eval-data")
+        _positive(problems, "--num-proc", self.num_proc)
         _positive(problems, "--seq-len", self.seq_len)
         if self.seq_len is not None and 0 < self.seq_len < 4:
             problems.append(f"--seq-len must be at least 4 (got {self.seq_len})")
@@ -470,7 +522,10 @@ class OptimArgs:
     scheduler: Scheduler = opt("cosine", "The learning-rate schedule.")
     weight_decay: float = opt(0.0, "AdamW weight decay.")
     max_grad_norm: float = opt(1.0, "Gradient clipping; 0 turns it off.")
-    optimizer: Optimizer = opt("adamw", "The optimizer (8-bit ones: bitsandbytes).")
+    # torch's fused AdamW: the same update as adamw (to fp32 rounding), a single kernel with no foreach sqrt(v)
+    # buffer, faster on GPU and ~5x faster per step on CPU here (benchmarks/RESULTS.md); transformers 5's default
+    optimizer: Optimizer = opt("adamw-fused", "The optimizer (8-bit ones: bitsandbytes; adamw: torch's foreach "
+                                              "AdamW).")
 
     def _optim_problems(self, problems: list[str]) -> None:
         for flag, value in (("--batch-size", self.batch_size), ("--grad-accum", self.grad_accum), ("--lr", self.lr),

@@ -565,8 +565,8 @@ def _memory(cfg, command: TrainingCommand, spec, strategy: str, num_processes: i
     try:
         mem_cfg = translate.memory_config(command.config, zero=zero, offload=offload, gpus=num_processes,
                                           nodes=nodes, gpu_memory=cfg.gpu_memory, mixed_precision=mixed,
-                                          overhead="0" if cfg.cpu else None)
-        est = estimate(mem_cfg, spec=spec, with_plans=False)
+                                          overhead="0" if cfg.cpu else None, device="cpu" if cfg.cpu else "cuda")
+        est = estimate(mem_cfg, spec=spec)
     except LlmkitError as exc:
         raise ConfigError(f"memory-estimate refuses this run: {exc.message}", hint=exc.hint) from None
     return {"strategy": strategy, "zero": zero, "offload": offload, "per_device": dict(est.per_device),
@@ -586,7 +586,7 @@ def communication_table(spec, strategies=AUTO_ORDER, num_processes: int = 2, bat
         zero, offload = ZERO[strategy]
         est = estimate(MemoryEstimateConfig(model=spec.name, batch_size=batch_size, seq_len=seq_len, zero=zero,
                                             offload=offload, gpus=num_processes, mixed_precision=mixed,
-                                            overhead="0"), spec=spec, with_plans=False)
+                                            overhead="0"), spec=spec)
         out[strategy] = est.communication_bytes_per_step
     return out
 

@@ -21,23 +21,48 @@ Everything is counted in bytes, per device (one GPU), at the moment of the peak:
 * ZeRO-1/2/3 divides optimizer states (+ fp32 master weights under 16-bit DeepSpeed), then gradients, then weights
   over gpus * nodes; offload moves them to CPU RAM.
 
-The overhead row (CUDA context, cuBLAS workspaces, allocator fragmentation) is one constant per process: its
-default (DEFAULT_OVERHEAD_BYTES) is a round figure that has not been calibrated on a GPU yet.
+* ZeRO-3 (as `llmkit launch` configures DeepSpeed, ZERO3_*): a gathered parameter stays on the GPU while its next
+  use is within stage3_max_reuse_distance elements, which keeps the top half-billion elements of the model (all of
+  a smaller model) gathered through the step, plus one prefetch bucket; the gradient reduce bucket is allocated at
+  its full reduce_bucket_size whatever trains.
+* host RAM (`host_ram_bytes`): loading (every process on a node loads its own copy; transformers reads the
+  safetensors shards memory-mapped, the parameters alias the mapped file when the dtype is kept and are a converted
+  copy next to it otherwise; a bitsandbytes base is quantized weight by weight on the GPU, so only the checkpoint is
+  read through the host) and the ZeRO offload buffers; the two do not overlap (the loaded copy is moved to the GPU or
+  partitioned before DeepSpeed allocates its offload buffers).
+
+The overhead row is, on CUDA, the CUDA context (CUDA_CONTEXT_BYTES) plus what PyTorch's caching allocator reserves
+beyond the tensors it hands out (ALLOCATOR_RESERVE of the tensor peak); on CPU it is 0 (tensors only). Neither has
+been calibrated on a GPU yet (benchmarks/gpu_memory_check.py is the check); --overhead replaces both.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmkit.config import STRATEGY_ZERO, parse_size
+from llmkit.config import gpu_memory_size, parse_size
 from llmkit.errors import ConfigError
 from llmkit.modelspec import ModelSpec, ParamGroup
 
 GIB = 1 << 30
-DEFAULT_OVERHEAD_BYTES = 1 * GIB          # uncalibrated: CUDA context + workspaces + fragmentation
+MIB = 1 << 20
+# The CUDA context of a PyTorch process: 300-600 MiB by card and driver with CUDA 12's lazy module loading (the
+# kernels of the libraries it calls are loaded on first use), plus cuBLAS' workspaces. Uncalibrated.
+CUDA_CONTEXT_BYTES = 512 * MIB
+# reserved - allocated of the caching allocator at the peak, as a share of the tensor peak: blocks are rounded (512 B,
+# 2 MiB segments for small ones) and freed blocks of earlier phases stay cached in sizes the peak cannot reuse.
+# Uncalibrated; nvidia-smi shows reserved + the context, torch.cuda.max_memory_allocated the tensors alone.
+ALLOCATOR_RESERVE = 0.10
+# DeepSpeed ZeRO-3 settings that size GPU buffers, as `llmkit launch` writes them (DeepSpeed's own defaults), in
+# elements: the gradient reduce bucket, the parameter prefetch bucket and the reuse distance under which a gathered
+# parameter is kept on the GPU
+ZERO3_REDUCE_BUCKET = 500_000_000
+ZERO3_PREFETCH_BUCKET = 50_000_000
+ZERO3_MAX_REUSE_DISTANCE = 1_000_000_000
+# the bytes per value of a checkpoint's `dtype` (`torch_dtype` before transformers 5) in its config.json
+CHECKPOINT_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 NF4_BLOCK = 64                            # bitsandbytes 4-bit block size (values per fp32 absmax)
 NF4_DOUBLE_QUANT_BLOCK = 256              # blocks per second-level absmax under double quantization
@@ -54,9 +79,13 @@ HF_OPTIMIZERS = {"adamw": "adamw_torch", "adamw-fused": "adamw_torch_fused", "ad
 HF_OPTIMIZER_ARGS = {"sgd-momentum": "momentum=0.9"}
 
 
-def overhead_bytes(cfg) -> int:
-    """--overhead, or the default allowance for the CUDA context, workspaces and fragmentation."""
-    return DEFAULT_OVERHEAD_BYTES if cfg.overhead is None else parse_size(cfg.overhead, "--overhead")
+def overhead_bytes(cfg, tensor_peak: float) -> int:
+    """--overhead, or the CUDA context plus the caching allocator's reserve over `tensor_peak` (0 on CPU)."""
+    if cfg.overhead is not None:
+        return parse_size(cfg.overhead, "--overhead")
+    if cfg.device == "cpu":
+        return 0
+    return int(CUDA_CONTEXT_BYTES + ALLOCATOR_RESERVE * tensor_peak)
 
 
 def gib(n: int | float) -> float:
@@ -75,6 +104,11 @@ def gib(n: int | float) -> float:
 # sdpa/flash keep no s^2 term, only the fp32 logsumexp (4 bytes per batch, head, query).
 # Modes: fp32 (fp32 weights and compute), autocast (fp32 weights, 16-bit compute: the HF Trainer's --bf16/--fp16),
 # pure16 (16-bit weights and compute).
+# Block types: swiglu (LLaMA, Mistral, Qwen), gelu (BERT, BLOOM: erf GELU), gelu_new (GPT-2: the tanh formula written
+# out in Python, which saves four intermediate tensors of b*s*I), t5 (relu) and t5-gated (T5 v1.1, mT5, mT0:
+# gelu_new on wi_0 times wi_1). The T5 and GPT-2 rows were counted with their default dropout 0.1; scores_dropout
+# is what eager attention keeps with dropout, scores without it. T5 decoder blocks add cross-attention: cross_bsh
+# and cross_bs per token, cross_scores per (batch, head, query, source key).
 _BLOCK_COEFFICIENTS = {
     ("swiglu", "fp32"): dict(per_bsh=40, kv_bsh=8, per_bsI=16, scores=4, scores_dropout=12, per_bs=8),
     ("swiglu", "autocast"): dict(per_bsh=34, kv_bsh=4, per_bsI=8, scores=6, scores_dropout=6, per_bs=8),
@@ -82,26 +116,67 @@ _BLOCK_COEFFICIENTS = {
     ("gelu", "fp32"): dict(per_bsh=40, kv_bsh=8, per_bsI=8, scores=4, scores_dropout=12, per_bs=16),
     ("gelu", "autocast"): dict(per_bsh=28, kv_bsh=4, per_bsI=4, scores=6, scores_dropout=6, per_bs=16),
     ("gelu", "pure16"): dict(per_bsh=20, kv_bsh=4, per_bsI=4, scores=2, scores_dropout=6, per_bs=8),
+    ("gelu_new", "fp32"): dict(per_bsh=40, kv_bsh=8, per_bsI=20, scores=4, scores_dropout=12, per_bs=16),
+    ("gelu_new", "autocast"): dict(per_bsh=24, kv_bsh=4, per_bsI=10, scores=4, scores_dropout=8, per_bs=16),
+    ("gelu_new", "pure16"): dict(per_bsh=20, kv_bsh=4, per_bsI=10, scores=2, scores_dropout=6, per_bs=8),
+    ("t5", "fp32"): dict(per_bsh=48, kv_bsh=8, per_bsI=12, scores=4, scores_dropout=12, per_bs=8,
+                         cross_bsh=32, cross_bs=4, cross_scores=12),
+    ("t5", "autocast"): dict(per_bsh=36, kv_bsh=4, per_bsI=6, scores=6, scores_dropout=10, per_bs=8,
+                             cross_bsh=24, cross_bs=4, cross_scores=6),
+    ("t5", "pure16"): dict(per_bsh=32, kv_bsh=4, per_bsI=6, scores=2, scores_dropout=6, per_bs=8,
+                           cross_bsh=20, cross_bs=4, cross_scores=6),
+}
+# the gated feed-forward (gelu_new on wi_0, times wi_1) changes only the MLP terms of a T5 block
+_BLOCK_COEFFICIENTS.update({("t5-gated", mode): {**_BLOCK_COEFFICIENTS[("t5", mode)], **changes} for mode, changes in (
+    ("fp32", dict(per_bsI=32)), ("autocast", dict(per_bsh=38, per_bsI=16)), ("pure16", dict(per_bsI=16)))})
+# CUDA autocast differs from CPU autocast (which the autocast rows above were counted under): it computes softmax,
+# log-softmax, layer norm and pow in fp32 (their outputs are fp32 tensors), and its fused dropout saves a 1-byte
+# mask where CPU dropout saves a noise tensor in the input's dtype. Counted from the rows above by re-pricing each
+# saved tensor (not measured on a GPU yet: benchmarks/gpu_memory_check.py is the check):
+#   eager scores: fp32 softmax output 4 + bf16 copy for the value matmul 2 (+ 1-byte mask with dropout);
+#   BERT: the residual sum feeding each LayerNorm is fp32 (+2 per norm), its two hidden dropouts save masks (-1 each);
+#   GPT-2: two hidden dropouts (-1 each); gelu_new's pow/tanh chain runs in fp32 (per_bsI 10 -> 14);
+#   T5: hidden dropouts on 16-bit outputs (-1 each: 2 per encoder block, 3 per decoder block); relu block: dropout mask
+#   (-1 per_bsI); gated block: gelu_new in fp32 and an fp32 gate product (per_bsI 16 -> 21). LLaMA: unchanged.
+_CUDA_AUTOCAST = {
+    "swiglu": {},
+    "gelu": dict(per_bsh=30, scores_dropout=7),
+    "gelu_new": dict(per_bsh=22, per_bsI=14, scores=6, scores_dropout=9),
+    "t5": dict(per_bsh=34, per_bsI=5, scores=6, scores_dropout=7, cross_bsh=23, cross_scores=7),
+    "t5-gated": dict(per_bsh=36, per_bsI=21, scores=6, scores_dropout=7, cross_bsh=23, cross_scores=7),
 }
 # Saved per token outside the blocks, in bytes per hidden unit: final norm (decoders), embedding LayerNorm and
 # dropout plus the MLM transform (encoders). Counted the same way as the blocks.
 _OUTSIDE_BLOCKS_BSH = {
     ("swiglu", "fp32"): 12, ("swiglu", "autocast"): 10, ("swiglu", "pure16"): 12,
     ("gelu", "fp32"): 24, ("gelu", "autocast"): 16, ("gelu", "pure16"): 12,
+    ("gelu_new", "fp32"): 12, ("gelu_new", "autocast"): 12, ("gelu_new", "pure16"): 8,
+    ("t5", "fp32"): 24, ("t5", "autocast"): 20, ("t5", "pure16"): 12,
+    ("t5-gated", "fp32"): 24, ("t5-gated", "autocast"): 20, ("t5-gated", "pure16"): 12,
 }
 # Linear-layer inputs that only the linear itself saves (for its weight gradient). When the weight is frozen
-# (LoRA, IA3, prompt methods) autograd does not save them. Values: bytes per token per (hidden | intermediate).
+# (LoRA, IA3, prompt methods) autograd does not save them. Values: bytes per token per (hidden | intermediate |
+# cross: the decoder's cross-attention share of a block).
+_GELU_LINEAR_INPUTS = {
+    "fp32": {("q", "k", "v", "qkv"): ("h", 4), ("o",): ("h", 4), ("fc_in",): ("h", 4), ("fc_out",): ("I", 4)},
+    "autocast": {("q",): ("h", 2), ("k",): ("h", 2), ("v",): ("h", 2), ("qkv",): ("h", 2), ("o",): ("h", 2),
+                 ("fc_in",): ("h", 2), ("fc_out",): ("I", 2)},
+    "pure16": {("q", "k", "v", "qkv"): ("h", 2), ("o",): ("h", 2), ("fc_in",): ("h", 2), ("fc_out",): ("I", 2)}}
+_T5_LINEAR_INPUTS = {
+    "fp32": {("q", "k", "v"): ("h", 4), ("o",): ("h", 4), ("fc_in", "gate", "up"): ("h", 4),
+             ("down", "fc_out"): ("I", 4), ("cross_q",): ("cross", 4), ("cross_o",): ("cross", 4)},
+    "autocast": {("q",): ("h", 2), ("k",): ("h", 2), ("v",): ("h", 2), ("o",): ("h", 2), ("fc_in", "gate"): ("h", 2),
+                 ("up",): ("h", 2), ("down", "fc_out"): ("I", 2), ("cross_q",): ("cross", 2),
+                 ("cross_k",): ("cross", 2), ("cross_v",): ("cross", 2), ("cross_o",): ("cross", 2)},
+    "pure16": {("q", "k", "v"): ("h", 2), ("o",): ("h", 2), ("fc_in", "gate", "up"): ("h", 2),
+               ("down", "fc_out"): ("I", 2), ("cross_q",): ("cross", 2), ("cross_o",): ("cross", 2)}}
 _LINEAR_ONLY_INPUTS = {
     "swiglu": {"fp32": {("q", "k", "v"): ("h", 4), ("gate", "up"): ("h", 4), ("down",): ("I", 4)},
                "autocast": {("q",): ("h", 2), ("k",): ("h", 2), ("v",): ("h", 2), ("gate",): ("h", 2),
                             ("up",): ("h", 2), ("down",): ("I", 2)},
                "pure16": {("q", "k", "v"): ("h", 2), ("gate", "up"): ("h", 2), ("down",): ("I", 2)}},
-    "gelu": {"fp32": {("q", "k", "v", "qkv"): ("h", 4), ("o",): ("h", 4), ("fc_in",): ("h", 4),
-                      ("fc_out",): ("I", 4)},
-             "autocast": {("q",): ("h", 2), ("k",): ("h", 2), ("v",): ("h", 2), ("qkv",): ("h", 2),
-                          ("o",): ("h", 2), ("fc_in",): ("h", 2), ("fc_out",): ("I", 2)},
-             "pure16": {("q", "k", "v", "qkv"): ("h", 2), ("o",): ("h", 2), ("fc_in",): ("h", 2),
-                        ("fc_out",): ("I", 2)}},
+    "gelu": _GELU_LINEAR_INPUTS, "gelu_new": _GELU_LINEAR_INPUTS, "t5": _T5_LINEAR_INPUTS,
+    "t5-gated": _T5_LINEAR_INPUTS,
 }
 # Working set of one block's backward beyond what it had saved: gradients of the residual stream and of the
 # block's intermediate tensors, in bytes per token per (hidden | intermediate) and per score.
@@ -122,31 +197,6 @@ LORA_ROLE_NAMES = {
 # Results
 
 @dataclass(frozen=True)
-class Plan:
-    """One configuration that fits, with what it changes and what it costs."""
-
-    rank: int
-    changes: list[str]
-    changes_what_is_trained: bool
-    relative_step_time: float          # estimated time per optimizer step / the original configuration's
-    gpu_seconds_factor: float          # relative_step_time * (gpus used / gpus asked for)
-    per_device_total: int
-    cpu_ram: int
-    flags: list[str]                   # memory-estimate flags that reproduce it (besides --model/--params)
-    hf_training_arguments: dict[str, Any]
-    task: str = ""                     # the model's task in this configuration (what the training command trains)
-    config: Any = None                 # the memory-estimate config of this plan (not serialised)
-    training_flags: list[str] = field(default_factory=list)   # the training command's flags (llmkit.translate)
-    command: str = ""                  # the command line that runs it (DATA, OUT: your data and run dir)
-    argv: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out.pop("config")
-        return out
-
-
-@dataclass(frozen=True)
 class Estimate:
     params_total: int
     params_trainable: int
@@ -159,15 +209,16 @@ class Estimate:
     explain: dict[str, str]            # row -> formula and numbers
     fits: bool | None = None
     gpu_memory: int | None = None
-    plans: list[Plan] | None = None
+    plans: list[Any] | None = None     # llmkit.plans.Plan, filled in by the plan search
     notes: list[str] = field(default_factory=list)
+    host_ram_bytes: dict[str, int] = field(default_factory=dict)   # load, offload, total, per node
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "params_total": self.params_total, "params_trainable": self.params_trainable,
             "per_device": dict(self.per_device), "cpu_ram": self.cpu_ram, "peak_phase": self.peak_phase,
             "communication_bytes_per_step": self.communication_bytes_per_step, "assumptions": self.assumptions,
-            "phases": self.phases,
+            "phases": self.phases, "host_ram_bytes": dict(self.host_ram_bytes),
         }
         if self.gpu_memory is not None:
             out["gpu_memory"] = self.gpu_memory
@@ -212,7 +263,21 @@ def _setup(cfg: Any, spec: ModelSpec) -> _Setup:
 
 
 def _block_type(spec: ModelSpec) -> str:
-    return "swiglu" if spec.activation == "swiglu" else "gelu"
+    if spec.family == "encoder-decoder":
+        return "t5-gated" if spec.activation == "gated-gelu" else "t5"
+    if spec.activation == "swiglu":
+        return "swiglu"
+    act = spec.config_fields.get("activation_function") or spec.config_fields.get("hidden_act")
+    if spec.model_type == "gpt2" and act in (None, "gelu_new"):   # GPT-2's default
+        return "gelu_new"
+    return "gelu"
+
+
+def _block_coefficients(block: str, mode: str, device: str) -> dict[str, float]:
+    coefficients = dict(_BLOCK_COEFFICIENTS[(block, mode)])
+    if mode == "autocast" and device == "cuda":
+        coefficients.update(_CUDA_AUTOCAST[block])
+    return coefficients
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -265,6 +330,8 @@ def _resolve_roles(cfg: Any, spec: ModelSpec, groups: list[ParamGroup]) -> set[s
         matched = {role for role, names in LORA_ROLE_NAMES.items() if target in names and role in available}
         if not matched and "qkv" in available and any(target in LORA_ROLE_NAMES[r] for r in ("q", "k", "v")):
             matched = {"qkv"}      # a fused query/key/value projection (GPT-2 c_attn, BLOOM query_key_value)
+        # peft matches a target by its last name: T5's "q" is SelfAttention.q and EncDecAttention.q alike
+        matched |= {f"cross_{role}" for role in matched if f"cross_{role}" in available}
         if not matched:
             unknown.append(target)
         roles |= matched
@@ -456,12 +523,13 @@ def _activations(cfg: Any, spec: ModelSpec, setup: _Setup, tensors: _Tensors) ->
     s = cfg.seq_len + (cfg.num_virtual_tokens if cfg.peft in ("prompt-tuning", "p-tuning") else 0)
     kv_len = s + (cfg.num_virtual_tokens if cfg.peft == "prefix-tuning" else 0)
     block = _block_type(spec)
-    c = _BLOCK_COEFFICIENTS[(block, setup.mode)]
+    c = _block_coefficients(block, setup.mode, cfg.device)
     cd = setup.compute_bytes
     eager = cfg.attention == "eager"
     score_coef = (c["scores_dropout"] if spec.attention_dropout > 0 else c["scores"]) if eager else 0
     per_bsh = c["per_bsh"] - c["kv_bsh"] * (1 - spec.kv_heads / spec.heads)
     per_bsI = c["per_bsI"]
+    cross_bsh = c.get("cross_bsh", 0.5 * per_bsh)
     lora_note = ""
     if cfg.peft != "none":
         # frozen linear layers do not save their inputs (no weight gradient); LoRA targets still do
@@ -470,6 +538,8 @@ def _activations(cfg: Any, spec: ModelSpec, setup: _Setup, tensors: _Tensors) ->
             if not any(r in saved_by_targets for r in roles):
                 if dim == "h":
                     per_bsh -= nbytes
+                elif dim == "cross":
+                    cross_bsh -= nbytes
                 else:
                     per_bsI -= nbytes
         lora_note = " (inputs of frozen linear layers are not saved)"
@@ -477,8 +547,9 @@ def _activations(cfg: Any, spec: ModelSpec, setup: _Setup, tensors: _Tensors) ->
     if not eager:
         layer += 4 * b * nh * s    # fp32 logsumexp kept by sdpa/flash backward
     if spec.family == "encoder-decoder":
-        # decoder blocks add cross-attention (about half a block's hidden terms, and scores against the source)
-        decoder_layer = layer + b * s * (per_bsh * h) * 0.5 + b * nh * s * s * score_coef
+        # decoder blocks add cross-attention: its hidden terms, and scores against the source
+        cross_scores = c.get("cross_scores", score_coef) if eager else 0
+        decoder_layer = layer + b * s * (cross_bsh * h + c.get("cross_bs", 0)) + b * nh * s * s * cross_scores
     else:
         decoder_layer = layer
     L_total = spec.layers + spec.decoder_layers
@@ -523,7 +594,10 @@ def _activations(cfg: Any, spec: ModelSpec, setup: _Setup, tensors: _Tensors) ->
                + (f" + b*heads*s*s*{score_coef}" if eager else " + 4*b*heads*s (sdpa logsumexp)")
                + f" = {layer:,.0f} B{lora_note}{checkpoint}; outside blocks {outside_coef}*b*s*h"
                + (f" + log-softmax b*s*V*{lsm_bytes} = {log_softmax:,.0f} B" if log_softmax else "")
-               + f"; b={b} s={s} h={h} I={I_} heads={nh} V={V}, {setup.mode} compute")
+               + (f"; decoder blocks + cross-attention b*s*{cross_bsh:g}*h"
+                  if spec.family == "encoder-decoder" else "")
+               + f"; b={b} s={s} h={h} I={I_} heads={nh} V={V}, {setup.mode} compute ({block} block"
+               + (f", {cfg.device} autocast rules)" if setup.mode == "autocast" else ")"))
     return _Activations(per_layer, float(layer), float(outside), float(log_softmax), float(logits_forward),
                         float(loss_backward), float(head_backward), float(layer_backward), float(frozen_forward),
                         formula)
@@ -541,13 +615,11 @@ def load_model_spec(cfg: Any) -> ModelSpec:
     return modelspec.load_spec(cfg.model, cfg.architecture_overrides)
 
 
-def estimate(cfg: Any, spec: ModelSpec | None = None, with_plans: bool | None = None) -> Estimate:
-    """Estimate per-device memory for `cfg` (a MemoryEstimateConfig). Raises ConfigError on contradictions."""
-    spec = spec or load_model_spec(cfg)
-    result = _estimate(cfg, spec)
-    if with_plans if with_plans is not None else cfg.plan:
-        result = dataclasses.replace(result, plans=search_plans(cfg, spec, result))
-    return result
+def estimate(cfg: Any, spec: ModelSpec | None = None, *, groups_cache: dict | None = None,
+             light: bool = False) -> Estimate:
+    """Estimate per-device memory for `cfg` (a MemoryEstimateConfig). Raises ConfigError on contradictions.
+    The plans for --plan are llmkit.plans' job; `groups_cache` and `light` are for its search (see _estimate)."""
+    return _estimate(cfg, spec or load_model_spec(cfg), groups_cache=groups_cache, light=light)
 
 
 def _check(cfg: Any, spec: ModelSpec, task: str) -> None:
@@ -578,11 +650,10 @@ def _estimate(cfg: Any, spec: ModelSpec, groups_cache: dict | None = None, light
     else:
         groups = groups_cache.get(setup.task) or groups_cache.setdefault(setup.task, spec.parameter_groups(setup.task))
     t = _tensors(cfg, spec, setup, groups)
-    overhead = overhead_bytes(cfg)
     explain: dict[str, str] = {}
     notes: list[str] = []
     if cfg.mode == "inference":
-        return _inference(cfg, spec, setup, t, overhead)
+        return _inference(cfg, spec, setup, t)
     act = _activations(cfg, spec, setup, t)
     world = setup.world
     zero = cfg.zero
@@ -592,17 +663,19 @@ def _estimate(cfg: Any, spec: ModelSpec, groups_cache: dict | None = None, light
 
     # ---- model states per device, after ZeRO partitioning and offload
     weights_full = t.weights
-    # ZeRO-3 gathers one module at a time and prefetches the next: two blocks, or the embedding (with its
-    # gradient) when that is larger, as DeepSpeed's own estimator counts the largest layer
-    gathered = max(2 * t.per_layer_params_bytes, 2 * t.largest_outside_block)
+    gathered = _zero3_gathered(t) if zero == 3 else 0.0
     if zero == 3:
         weights_dev = gathered + (0 if offload_params else weights_full / world)
     else:
         weights_dev = weights_full
     grads_full = t.grads
     bucket = 0.0
-    if zero >= 2:
+    if zero == 3 and t.trainable_numel:
+        # allocated at its full size at initialisation, in the trainable parameters' dtype (adapters: fp32)
+        bucket = ZERO3_REDUCE_BUCKET * (4 if cfg.peft != "none" else setup.grad_bytes)
+    elif zero == 2:
         bucket = 2 * min(grads_full, spec.hidden * spec.hidden * setup.grad_bytes * 2)   # reduce buckets
+    if zero >= 2:
         # with the optimizer offloaded, reduced gradient partitions go straight to the CPU; buckets stay
         grads_dev_final = bucket if offload_opt else grads_full / world + bucket
     else:
@@ -611,8 +684,9 @@ def _estimate(cfg: Any, spec: ModelSpec, groups_cache: dict | None = None, light
     states_dev = 0.0 if offload_opt else (states_full / world if zero >= 1 else states_full)
     cpu_ram = 0.0
     if offload_opt:
-        # states and master weights live on the CPU, with an fp32 gradient partition for the CPU optimizer step
-        cpu_ram += states_full / world + t.trainable_numel * 4 / world
+        # states and master weights live on the CPU, with an fp32 gradient partition for the CPU optimizer step;
+        # ZeRO-3 keeps a second pinned fp32 gradient buffer (its flat gradient partitions) beside it
+        cpu_ram += states_full / world + t.trainable_numel * 4 / world * (2 if zero == 3 else 1)
     if offload_params:
         cpu_ram += weights_full / world
     cpu_ram *= cfg.gpus          # one process per GPU on each node
@@ -670,8 +744,10 @@ def _estimate(cfg: Any, spec: ModelSpec, groups_cache: dict | None = None, light
         rows = {"weights": weights_dev, "gradients": grads_dev_final, "optimizer": states_dev + opt_temp,
                 "activations": 0.0}
     per_device = {k: int(round(v)) for k, v in rows.items()}
-    per_device["overhead"] = int(overhead)
+    overhead = overhead_bytes(cfg, max(fwd_bwd, opt_phase))
+    per_device["overhead"] = overhead
     per_device["total"] = sum(per_device.values())
+    host_ram = _host_ram(cfg, spec, t, cpu_ram)
 
     # ---- communication per optimizer step (ring all-reduce / reduce-scatter / all-gather, bytes sent per device)
     ring = (world - 1) / world if world > 1 else 0.0
@@ -691,7 +767,7 @@ def _estimate(cfg: Any, spec: ModelSpec, groups_cache: dict | None = None, light
             cpu_ram=int(round(cpu_ram)), peak_phase=peak_phase, communication_bytes_per_step=int(round(comm)),
             assumptions={}, phases={"forward_backward": int(fwd_bwd), "optimizer_step": int(opt_phase)},
             explain={}, fits=(per_device["total"] <= gpu_memory) if gpu_memory is not None else None,
-            gpu_memory=gpu_memory)
+            gpu_memory=gpu_memory, host_ram_bytes=host_ram)
 
     # ---- explanations
     wq = f"; {t.quantized_numel:,} linear-layer values quantized to {cfg.quant}" if t.quantized_numel else ""
@@ -699,13 +775,15 @@ def _estimate(cfg: Any, spec: ModelSpec, groups_cache: dict | None = None, light
         f"{t.total_numel:,} params × {setup.weight_bytes} B{wq}"
         + (f" + {t.adapter_numel:,} adapter params × 4 B" if t.adapter_numel else "")
         + f" = {weights_full:,.0f} B"
-        + (f"; ZeRO-3: /{world} + gathered modules ({gathered:,.0f} B)" if zero == 3 else "")
+        + (f"; ZeRO-3: /{world} + gathered parameters kept within the reuse distance and one prefetch "
+           f"bucket ({gathered:,.0f} B)" if zero == 3 else "")
         + (" (offloaded to CPU)" if offload_params else "")
         + (f"; + 16-bit autocast copies of linear weights alive at the peak: {fb_copies:,.0f} B"
            if peak_phase == "forward_backward" and fb_copies else ""))
     explain["gradients"] = (
         f"{t.trainable_numel:,} trainable × {setup.grad_bytes} B = {grads_full:,.0f} B"
         + (f"; ZeRO-{zero}: /{world} + reduce buckets {bucket:,.0f} B" if zero >= 2 else "")
+        + (f" ({ZERO3_REDUCE_BUCKET:,} elements, allocated whole)" if zero == 3 and bucket else "")
         + (f"; at the peak ({fb_name}) {fb_grads:,.0f} B exist" if peak_phase == "forward_backward" else ""))
     states_note = _optimizer_formula(cfg, setup)
     explain["optimizer"] = (
@@ -715,23 +793,78 @@ def _estimate(cfg: Any, spec: ModelSpec, groups_cache: dict | None = None, light
         + (f"; step temporaries {opt_temp:,.0f} B" if peak_phase == "optimizer_step" else ""))
     explain["activations"] = act.formula + (f"; at the peak ({fb_name}) {fb_acts:,.0f} B"
                                             if peak_phase == "forward_backward" else "; freed before the step")
-    explain["overhead"] = (f"per-process constant {overhead:,} B (CUDA context, workspaces, fragmentation"
-                           + ("; default, not calibrated on a GPU yet)" if cfg.overhead is None else ")"))
+    explain["overhead"] = _overhead_formula(cfg, overhead, max(fwd_bwd, opt_phase))
     explain["total"] = (f"max(forward/backward {fwd_bwd:,.0f} B at {fb_name}, optimizer step {opt_phase:,.0f} B)"
                         f" + overhead = {per_device['total']:,} B")
     explain["communication"] = comm_formula + f" = {comm:,.0f} B"
     if offload_opt:
-        explain["cpu_ram"] = f"offloaded states + fp32 gradient partition (+ weights) × {cfg.gpus} processes/node"
+        explain["cpu_ram"] = (f"offloaded states + fp32 gradient partition{'s' if zero == 3 else ''} (+ weights) × "
+                              f"{cfg.gpus} processes/node")
+    explain["host_ram"] = _host_ram_formula(cfg, spec, host_ram)
     if cfg.zero > 0 and cfg.mixed_precision == "no" and cfg.effective_precision != "fp32":
         notes.append("DeepSpeed with 16-bit --precision and no --mixed-precision trains without fp32 master weights")
     gpu_memory = cfg.gpu_memory_bytes
     return Estimate(
         params_total=t.total_numel, params_trainable=t.trainable_numel, per_device=per_device,
         cpu_ram=int(round(cpu_ram)), peak_phase=peak_phase, communication_bytes_per_step=int(round(comm)),
-        assumptions=_assumptions(cfg, spec, setup), phases={"forward_backward": int(fwd_bwd),
+        assumptions=_assumptions(cfg, spec, setup, overhead), phases={"forward_backward": int(fwd_bwd),
                                                               "optimizer_step": int(opt_phase)},
         explain=explain, fits=(per_device["total"] <= gpu_memory) if gpu_memory is not None else None,
-        gpu_memory=gpu_memory, notes=notes)
+        gpu_memory=gpu_memory, notes=notes, host_ram_bytes=host_ram)
+
+
+def _zero3_gathered(t: _Tensors) -> float:
+    """Bytes of gathered (whole) parameters on each GPU under ZeRO-3. DeepSpeed releases a module's parameters after
+    use only when their next use is more than stage3_max_reuse_distance elements of the trace away; the trace runs
+    forward then backward, so the blocks within half that distance of the top stay gathered until their backward (a
+    model under that size stays whole), and the rest streams through one prefetch bucket and the module in use."""
+    bytes_per_value = t.weights / max(t.total_numel, 1)
+    kept = min(t.total_numel, ZERO3_MAX_REUSE_DISTANCE // 2)
+    streamed = 0.0
+    if t.total_numel > kept:
+        streamed = ZERO3_PREFETCH_BUCKET * bytes_per_value + max(t.per_layer_params_bytes, t.largest_outside_block)
+    return kept * bytes_per_value + streamed
+
+
+def _overhead_formula(cfg: Any, overhead: int, tensor_peak: float) -> str:
+    if cfg.overhead is not None:
+        return f"--overhead {overhead:,} B per process"
+    if cfg.device == "cpu":
+        return "0 on CPU: the rows are the tensors alone"
+    return (f"CUDA context {CUDA_CONTEXT_BYTES:,} B + caching-allocator reserve {ALLOCATOR_RESERVE:.0%} of the tensor "
+            f"peak {tensor_peak:,.0f} B = {overhead:,} B (defaults, not calibrated on a GPU yet)")
+
+
+def _checkpoint_value_bytes(spec: ModelSpec) -> int | None:
+    """Bytes per value of the checkpoint on disk, from its config.json (None when it does not say)."""
+    dtype = spec.config_fields.get("dtype") or spec.config_fields.get("torch_dtype")
+    return CHECKPOINT_DTYPE_BYTES.get(str(dtype).removeprefix("torch."))
+
+
+def _host_ram(cfg: Any, spec: ModelSpec, t: _Tensors, offload: float) -> dict[str, int]:
+    """Host RAM per node: loading the model (each of the node's processes loads its own copy), the ZeRO offload
+    buffers, and the larger of the two (they are not alive together). See the module docstring."""
+    on_disk = _checkpoint_value_bytes(spec)
+    if cfg.quant != "none":
+        # bitsandbytes quantizes each weight as it reaches the GPU: the host only reads the 16-bit checkpoint (on CPU
+        # the quantized model stays there too)
+        load = t.total_numel * (on_disk or 2) + (t.weights if cfg.device == "cpu" else 0)
+    else:
+        loaded = DTYPE_BYTES[cfg.effective_precision]
+        converted = on_disk is not None and on_disk != loaded
+        load = t.total_numel * loaded + (t.total_numel * on_disk if converted else 0)
+    load *= cfg.gpus
+    offload_bytes = int(round(offload))
+    return {"load": int(load), "offload": offload_bytes, "total": max(int(load), offload_bytes)}
+
+
+def _host_ram_formula(cfg: Any, spec: ModelSpec, host_ram: dict[str, int]) -> str:
+    on_disk = _checkpoint_value_bytes(spec)
+    disk = f"checkpoint {on_disk} B/value" if on_disk else "checkpoint assumed in the loaded dtype"
+    return (f"load {host_ram['load']:,} B ({disk}, loaded as {cfg.effective_precision}"
+            + (f", quantized on the {'CPU' if cfg.device == 'cpu' else 'GPU'}" if cfg.quant != "none" else "")
+            + f", × {cfg.gpus} processes/node); offload {host_ram['offload']:,} B; total = the larger "
+              f"{host_ram['total']:,} B")
 
 
 def _optimizer_temporaries(cfg: Any, t: _Tensors, setup: _Setup, world: int, offloaded: bool) -> float:
@@ -760,7 +893,7 @@ def _optimizer_formula(cfg: Any, setup: _Setup) -> str:
     }[cfg.optimizer]
 
 
-def _inference(cfg: Any, spec: ModelSpec, setup: _Setup, t: _Tensors, overhead: int) -> Estimate:
+def _inference(cfg: Any, spec: ModelSpec, setup: _Setup, t: _Tensors) -> Estimate:
     b, s = cfg.batch_size, cfg.seq_len
     cd = setup.compute_bytes
     layers = spec.layers if spec.family != "encoder-decoder" else spec.decoder_layers
@@ -774,8 +907,9 @@ def _inference(cfg: Any, spec: ModelSpec, setup: _Setup, t: _Tensors, overhead: 
     weights = t.weights
     if cfg.zero == 3:
         weights = weights / setup.world + 2 * t.per_layer_params_bytes
+    overhead = overhead_bytes(cfg, weights + kv + acts)
     per_device = {"weights": int(weights), "gradients": 0, "optimizer": 0, "activations": int(kv + acts),
-                  "overhead": int(overhead)}
+                  "overhead": overhead}
     per_device["total"] = sum(per_device.values())
     gpu_memory = cfg.gpu_memory_bytes
     explain = {
@@ -785,17 +919,20 @@ def _inference(cfg: Any, spec: ModelSpec, setup: _Setup, t: _Tensors, overhead: 
                        f"{spec.head_dim}*{s}*{b}*{cd} = {kv:,} B; one step b*s*(2h+3I)*{cd}"
                        + (" + eager scores" if cfg.attention == "eager" else "") + f" = {step:,} B; "
                        f"last-token logits {logits:,} B",
-        "overhead": f"per-process constant {overhead:,} B",
+        "overhead": _overhead_formula(cfg, overhead, weights + kv + acts),
         "total": f"weights + KV cache + activations + overhead = {per_device['total']:,} B",
     }
+    host_ram = _host_ram(cfg, spec, t, 0)
+    explain["host_ram"] = _host_ram_formula(cfg, spec, host_ram)
     return Estimate(
         params_total=t.total_numel, params_trainable=0, per_device=per_device, cpu_ram=0, peak_phase="inference",
-        communication_bytes_per_step=0, assumptions=_assumptions(cfg, spec, setup),
+        communication_bytes_per_step=0, assumptions=_assumptions(cfg, spec, setup, overhead),
         phases={"inference": int(weights + kv + acts)}, explain=explain,
-        fits=(per_device["total"] <= gpu_memory) if gpu_memory is not None else None, gpu_memory=gpu_memory)
+        fits=(per_device["total"] <= gpu_memory) if gpu_memory is not None else None, gpu_memory=gpu_memory,
+        host_ram_bytes=host_ram)
 
 
-def _assumptions(cfg: Any, spec: ModelSpec, setup: _Setup) -> dict[str, Any]:
+def _assumptions(cfg: Any, spec: ModelSpec, setup: _Setup, overhead: int) -> dict[str, Any]:
     out = spec.assumptions()
     out.update({
         "task": setup.task, "mode": cfg.mode, "precision": cfg.effective_precision,
@@ -803,259 +940,17 @@ def _assumptions(cfg: Any, spec: ModelSpec, setup: _Setup) -> dict[str, Any]:
         "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "grad_accum": cfg.grad_accum,
         "grad_checkpointing": cfg.grad_checkpointing, "attention": cfg.attention, "optimizer": cfg.optimizer,
         "peft": cfg.peft, "zero": cfg.zero, "offload": cfg.offload, "world_size": setup.world,
-        "overhead_bytes": overhead_bytes(cfg), "overhead_calibrated": cfg.overhead is not None,
+        "device": cfg.device, "overhead_bytes": overhead, "overhead_calibrated": cfg.overhead is not None,
         "optimizer_implementation": {"adamw": "torch foreach (GPU default): sqrt(v) temporary for all params",
                                      "adamw-fused": "torch fused: no temporaries"}.get(cfg.optimizer, cfg.optimizer),
         "attention_kernel": ("eager: keeps the s×s probabilities" if cfg.attention == "eager" else
                              f"{cfg.attention}: no s×s tensors (on CPU, sdpa with dropout falls back to eager)"),
     })
+    if cfg.gpu_memory is not None and gpu_memory_size(cfg.gpu_memory)[1]:
+        out["gpu_memory_read_as"] = gpu_memory_size(cfg.gpu_memory)[1]
     if cfg.peft == "lora":
         out["lora_rank"] = cfg.lora_rank
         out["lora_targets"] = list(cfg.lora_targets)
     if cfg.peft in ("prompt-tuning", "p-tuning", "prefix-tuning"):
         out["num_virtual_tokens"] = cfg.num_virtual_tokens
     return out
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Plan search
-#
-# Cost model (relative time per token at the same global batch; 1.0 = the configuration asked for):
-#   compute  = 6 * params * tokens, or 4 * params * tokens when only adapters/a few blocks train (no weight
-#              gradients for frozen matrices), * 4/3 with gradient checkpointing (one more forward),
-#              * 1.3 on a 4-bit or 8-bit base (dequantisation), * 0.5 with 16-bit autocast over fp32;
-#              micro-batches under 4,096 tokens lose efficiency: * (4096 / tokens) ** 0.15
-#   optimizer = 16 bytes * trainable params read and written at 1.5 TB/s; on CPU (offload) 1 ns per parameter
-#   offload  = gradients down and weights up over PCIe at 20 GB/s; parameter offload moves the weights twice more
-#              per micro-step
-#   network  = communication_bytes_per_step at 100 GB/s inside a node, 12.5 GB/s between nodes
-# The GPU's compute rate is taken as 100 TFLOP/s (16-bit) at 40 % utilisation. Plans are ranked first by whether
-# they change what is trained (LoRA, QLoRA, freezing, shorter sequences change the result; micro-batching,
-# checkpointing, mixed precision, 8-bit/Adafactor optimizers, ZeRO, offload and more GPUs keep it), then by
-# GPU-seconds per step (relative step time × GPUs used / GPUs asked for). Plans on the GPUs asked for come
-# before plans that need more GPUs; the best plan of each kind is always listed.
-
-_GPU_FLOPS = 100e12 * 0.4
-_GPU_BANDWIDTH = 1.5e12
-_PCIE = 20e9
-_NVLINK = 100e9
-_INTERNODE = 12.5e9
-
-
-def step_seconds(cfg: Any, spec: ModelSpec, est: Estimate) -> float:
-    """The cost model above, in seconds per optimizer step (a ranking device, not a benchmark)."""
-    tokens = cfg.batch_size * cfg.grad_accum * cfg.seq_len / (cfg.gpus * cfg.nodes)
-    trains_all = cfg.peft == "none" and not cfg.freeze_base and cfg.trainable_layers is None
-    flops = (6 if trains_all else 4) * est.params_total * tokens
-    if cfg.grad_checkpointing:
-        flops *= 4 / 3
-    if cfg.quant != "none":
-        flops *= 1.3
-    if cfg.mixed_precision != "no" or cfg.effective_precision != "fp32":
-        rate = _GPU_FLOPS
-    else:
-        rate = _GPU_FLOPS / 2
-    micro_tokens = cfg.batch_size * cfg.seq_len
-    efficiency = min(1.0, (micro_tokens / 4096) ** 0.15)
-    seconds = flops / (rate * efficiency)
-    trainable = est.params_trainable
-    if cfg.offload in ("optimizer", "optimizer+params"):
-        seconds += trainable / (cfg.gpus * cfg.nodes) * 1e-9 + 4 * trainable / _PCIE
-    else:
-        seconds += 16 * trainable / (cfg.gpus * cfg.nodes if cfg.zero else 1) / _GPU_BANDWIDTH
-    if cfg.offload == "optimizer+params":
-        seconds += cfg.grad_accum * 4 * est.params_total / cfg.gpus / cfg.nodes / _PCIE
-    link = _INTERNODE if cfg.nodes > 1 else _NVLINK
-    seconds += est.communication_bytes_per_step / link
-    return seconds
-
-
-def _plan_candidates(cfg: Any, spec: ModelSpec):
-    """Configurations to try: (config, list of changes, changes_what_is_trained)."""
-    b, ga = cfg.batch_size, cfg.grad_accum
-    batches = [(b, ga)]
-    micro = b
-    while micro > 1:
-        micro //= 2
-        if b % micro == 0:
-            batches.append((micro, ga * (b // micro)))
-    training_full = cfg.peft == "none"
-    pefts = [(cfg.peft, cfg.quant, cfg.double_quant, False)]
-    if training_full and not cfg.freeze_base:
-        pefts.append(("lora", "none", False, True))
-        pefts.append(("lora", "nf4", True, True))
-    elif cfg.peft == "lora" and cfg.quant == "none":
-        pefts.append(("lora", "nf4", True, True))
-    optimizers = [cfg.optimizer]
-    if cfg.optimizer in ("adamw", "adamw-fused"):
-        optimizers += ["adamw-8bit", "adafactor"]
-    # (precision, mixed precision): as asked; bf16 autocast over fp32 weights (full training); a bf16 base under
-    # adapters (the usual LoRA/QLoRA recipe: adapters stay fp32)
-    mixes = [(cfg.precision, cfg.mixed_precision)]
-    if cfg.mixed_precision == "no" and cfg.effective_precision == "fp32":
-        mixes += [("fp32", "bf16"), ("bf16", "no")]
-    world_options = [(cfg.gpus, cfg.nodes)]
-    for factor in (2, 4, 8):
-        if cfg.gpus * factor <= 8:
-            world_options.append((cfg.gpus * factor, cfg.nodes))
-    seqs = [(cfg.seq_len, False)]
-    if cfg.seq_len >= 256:
-        seqs.append((cfg.seq_len // 2, True))
-    for ckpt in sorted({cfg.grad_checkpointing, True}):
-        for mix in mixes:
-            for optimizer in optimizers:
-                for peft, quant, dq, peft_changed in pefts:
-                    if mix[0] == "bf16" and mix != mixes[0] and peft == "none":
-                        continue   # pure bf16 full training is a different recipe, not a memory plan
-                    for gpus, nodes in world_options:
-                        # DeepSpeed cannot shard quantized weights (ZeRO-3): those plans stop at ZeRO-2
-                        zeros = sorted({cfg.zero, 0} | ({1, 2, 3} if quant == "none" else {2}))
-                        for zero in zeros:
-                            offloads = ["none"] if zero == 0 else ["none", "optimizer"] + (
-                                ["optimizer+params"] if zero == 3 else [])
-                            if gpus * nodes == 1 and zero > 0:
-                                offloads = [o for o in offloads if o != "none"]   # ZeRO alone gains nothing
-                            # only what `llmkit launch` can run (a plan is a command line)
-                            offloads = [o for o in offloads if (zero, o) in STRATEGY_ZERO.values()]
-                            for offload in offloads:
-                                for seq, seq_changed in seqs:
-                                    yield (batches, ckpt, mix, optimizer, peft, quant, dq, gpus, nodes,
-                                           zero, offload, seq, peft_changed or seq_changed)
-
-
-def search_plans(cfg: Any, spec: ModelSpec, current: Estimate, limit: int = 5) -> list[Plan]:
-    """The cheapest few configurations that fit --gpu-memory (empty when the current one fits)."""
-    budget = cfg.gpu_memory_bytes
-    if budget is None or cfg.mode != "train":
-        return []
-    if current.fits:
-        return []
-    base_time = step_seconds(cfg, spec, current)
-    found: dict[tuple, tuple] = {}
-    groups_cache: dict[str, list[ParamGroup]] = {}
-    for (batches, ckpt, mix, optimizer, peft, quant, dq, gpus, nodes, zero, offload, seq,
-         changes_training) in _plan_candidates(cfg, spec):
-        precision, mixed = mix
-        if quant != "none":
-            precision = "fp32"   # llmkit's QLoRA (peft's k-bit preparation) keeps the unquantized parts in fp32
-        if offload != "none" and optimizer in ("adamw-8bit", "paged-adamw-8bit"):
-            continue   # DeepSpeed's CPU offload steps its own CPU Adam; it refuses a bitsandbytes optimizer
-        # largest micro-batch first: the first that fits is the cheapest of its kind, smaller ones cost more
-        for micro, accum in batches:
-            try:
-                candidate = dataclasses.replace(
-                    cfg, batch_size=micro, grad_accum=accum, grad_checkpointing=ckpt, mixed_precision=mixed,
-                    precision=precision, optimizer=optimizer, peft=peft, quant=quant, double_quant=dq, gpus=gpus,
-                    nodes=nodes, zero=zero, lora_targets=cfg.lora_targets if peft == cfg.peft else ("all-linear",),
-                    offload=offload, seq_len=seq, plan=False, explain=False, strategy=None)
-                est = _estimate(candidate, spec, groups_cache=groups_cache, light=True)
-            except ConfigError:
-                break
-            if not est.fits:
-                continue
-            # per token, so that shorter sequences do not look cheaper for doing less work
-            relative = (step_seconds(candidate, spec, est) / candidate.seq_len) / (base_time / cfg.seq_len)
-            used = gpus * nodes / (cfg.gpus * cfg.nodes)
-            key = (changes_training, round(relative * used, 4), micro, ckpt, mix, optimizer, peft, quant, gpus,
-                   zero, offload, seq)
-            found[key] = (candidate, est, relative, used, changes_training)
-            break
-    # the best plan of each kind first (same GPUs keeping what is trained, same GPUs with adapters/shorter
-    # sequences, then more GPUs), then the next cheapest; shown ordered by hardware, then cost
-    def category(key):
-        return (key[8] != cfg.gpus or False, key[0])
-    ranked = sorted(found.items(), key=lambda kv: (category(kv[0]), kv[0][1], -kv[1][0].batch_size))
-    picked, seen = [], set()
-    firsts = {}
-    for key, value in ranked:
-        firsts.setdefault(category(key), (key, value))
-    for key, value in list(firsts.values()) + ranked:
-        changes = _describe_changes(cfg, value[0])
-        signature = tuple(sorted(c.split(" ")[0] for c in changes))
-        if signature in seen:
-            continue
-        seen.add(signature)
-        picked.append((key, value, changes))
-        if len(picked) == limit:
-            break
-    picked.sort(key=lambda item: (category(item[0]), item[0][1]))
-    plans = []
-    for _, (candidate, est, relative, used, changes_training), changes in picked:
-        plans.append(Plan(
-            rank=len(plans) + 1, changes=changes, changes_what_is_trained=changes_training,
-            relative_step_time=round(relative, 3), gpu_seconds_factor=round(relative * used, 3),
-            per_device_total=est.per_device["total"], cpu_ram=est.cpu_ram, flags=config_flags(candidate),
-            hf_training_arguments=hf_training_arguments(candidate), task=candidate.task or spec.default_task,
-            config=candidate))
-    return plans
-
-
-# flags that are not part of a plan's reproduction
-_NOT_PLAN_FLAGS = ("params", "model", "gpu_memory", "plan", "explain")
-
-
-def config_flags(cfg: Any) -> list[str]:
-    """The memory-estimate flags (besides --model/--params/--gpu-memory) that rebuild `cfg` from the defaults."""
-    defaults = type(cfg)(**{"params": "1B"})
-    flags: list[str] = []
-    for f in dataclasses.fields(cfg):
-        if f.name in _NOT_PLAN_FLAGS or not f.init:
-            continue
-        value, default = getattr(cfg, f.name), getattr(defaults, f.name)
-        if value == default:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(flag if value else f"--no-{f.name.replace('_', '-')}")
-        elif isinstance(value, tuple):
-            flags += [flag, ",".join(value)]
-        else:
-            flags += [flag, str(value)]
-    return flags
-
-
-def hf_training_arguments(cfg: Any) -> dict[str, Any]:
-    """transformers.TrainingArguments equivalents (with the DeepSpeed ZeRO settings they need)."""
-    optim = HF_OPTIMIZERS[cfg.optimizer]
-    out: dict[str, Any] = {"per_device_train_batch_size": cfg.batch_size,
-                           "gradient_accumulation_steps": cfg.grad_accum,
-                           "gradient_checkpointing": cfg.grad_checkpointing, "optim": optim,
-                           "bf16": cfg.mixed_precision == "bf16", "fp16": cfg.mixed_precision == "fp16"}
-    if cfg.zero:
-        zero: dict[str, Any] = {"stage": cfg.zero}
-        if cfg.offload != "none":
-            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-        if cfg.offload == "optimizer+params":
-            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
-        out["deepspeed"] = {"zero_optimization": zero, "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
-                            "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto"}
-    return out
-
-
-def _describe_changes(before: Any, after: Any) -> list[str]:
-    changes = []
-    if after.batch_size != before.batch_size:
-        changes.append(f"micro-batch {after.batch_size} × accumulation {after.grad_accum} "
-                       f"(same effective batch {before.batch_size * before.grad_accum})")
-    if after.grad_checkpointing and not before.grad_checkpointing:
-        changes.append("gradient checkpointing")
-    if after.mixed_precision != before.mixed_precision:
-        changes.append(f"{after.mixed_precision} mixed precision")
-    if after.effective_precision != before.effective_precision:
-        changes.append(f"{after.effective_precision} weights")
-    if after.optimizer != before.optimizer:
-        changes.append(f"{after.optimizer} optimizer")
-    if after.peft != before.peft or after.quant != before.quant:
-        if after.quant != "none" and after.peft == "lora":
-            changes.append(f"QLoRA (rank {after.lora_rank}, {after.quant} base)")
-        else:
-            changes.append(f"{after.peft} (rank {after.lora_rank})" if after.peft == "lora" else after.peft)
-    if after.gpus != before.gpus or after.nodes != before.nodes:
-        changes.append(f"{after.gpus * after.nodes} GPUs")
-    if after.zero != before.zero:
-        changes.append(f"ZeRO-{after.zero}")
-    if after.offload != before.offload:
-        changes.append(f"offload {after.offload} to CPU")
-    if after.seq_len != before.seq_len:
-        changes.append(f"sequences of {after.seq_len} tokens")
-    return changes or ["no change"]

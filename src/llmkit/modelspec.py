@@ -285,7 +285,7 @@ def _t5_layout(spec: ModelSpec, task: str) -> list[ParamGroup]:
 
 
 _LAYOUTS = {"llama": _llama_layout, "mistral": _llama_layout, "qwen2": _llama_layout, "qwen3": _llama_layout,
-            "gpt2": _gpt2_layout, "bloom": _bloom_layout, "bert": _bert_layout, "t5": _t5_layout}
+            "gpt2": _gpt2_layout, "bloom": _bloom_layout, "bert": _bert_layout, "t5": _t5_layout, "mt5": _t5_layout}
 
 
 def _scale_to(groups: list[ParamGroup], target: int) -> list[ParamGroup]:
@@ -422,7 +422,12 @@ _ALIASES = {
     "max_position_embeddings": ("max_position_embeddings", "n_positions", "n_ctx"),
 }
 _KNOWN_FAMILIES = {"llama": "decoder", "mistral": "decoder", "qwen2": "decoder", "qwen3": "decoder",
-                   "gpt2": "decoder", "bloom": "decoder", "bert": "encoder", "t5": "encoder-decoder"}
+                   "gpt2": "decoder", "bloom": "decoder", "bert": "encoder", "t5": "encoder-decoder",
+                   "mt5": "encoder-decoder"}
+_T5_TYPES = ("t5", "mt5")
+_DEFAULT_DROPOUT = {"gpt2": 0.1, "bert": 0.1, "t5": 0.1, "mt5": 0.1}
+# the feed-forward a T5-style config gets when it names none (transformers' T5Config and MT5Config defaults)
+_T5_DEFAULT_FEED_FORWARD = {"t5": "relu", "mt5": "gated-gelu"}
 
 
 def _get(fields: dict[str, Any], key: str) -> Any:
@@ -460,11 +465,11 @@ def from_config_dict(fields: dict[str, Any], name: str, source: str) -> ModelSpe
     kv_heads = count("num_key_value_heads", heads)
     intermediate = count("intermediate_size", 4 * hidden)
     max_positions = count("max_position_embeddings", 2048)
-    if model_type == "t5":
+    if model_type in _T5_TYPES:
         head_dim = count("d_kv", hidden // heads, fields.get("d_kv"))
     else:
         head_dim = count("head_dim", hidden // heads, fields.get("head_dim"))
-    if model_type != "t5" and "head_dim" not in fields and hidden % heads:
+    if model_type not in _T5_TYPES and "head_dim" not in fields and hidden % heads:
         raise ConfigError(f"{where}: hidden_size {hidden} is not divisible by num_attention_heads {heads}",
                           hint="fix the config (or --hidden/--heads)")
     if heads % kv_heads:
@@ -483,17 +488,23 @@ def from_config_dict(fields: dict[str, Any], name: str, source: str) -> ModelSpe
         approximated = f"model_type {model_type!r} has no exact layout in llmkit; counted like a similar model"
     if model_type in ("llama", "mistral", "qwen2", "qwen3") or (approximated and act in ("silu", "swish")):
         activation, norm = "swiglu", "rmsnorm"
-    elif model_type == "t5":
-        activation, norm = ("gated-gelu" if "gated" in act else "relu"), "rmsnorm"
+    elif model_type in _T5_TYPES:
+        # T5 v1.1 / mT5 / mT0: `feed_forward_proj: gated-gelu` (two input matrices); the original T5: relu
+        feed_forward = str(fields.get("feed_forward_proj") or _T5_DEFAULT_FEED_FORWARD[model_type])
+        activation, norm = ("gated-gelu" if feed_forward.startswith("gated") else "relu"), "rmsnorm"
     else:
         activation, norm = ("relu" if act == "relu" else "gelu"), "layernorm"
-    tied_default = model_type in ("gpt2", "bloom", "bert", "t5")
+    # T5 v1.1 / mT5 checkpoints say tie_word_embeddings: false and ship their own lm_head, which transformers loads
+    # untied (its config forces the flag to true, but from_pretrained does not tie two different tensors)
+    tied_default = model_type in ("gpt2", "bloom", "bert") + _T5_TYPES
     tied = bool(fields.get("tie_word_embeddings", tied_default))
     decoder_layers = int(fields.get("num_decoder_layers") or layers) if family == "encoder-decoder" else 0
+    # a config that names no dropout gets transformers' default for its type (0.1 for GPT-2, BERT and T5)
+    default_dropout = _DEFAULT_DROPOUT.get(model_type, 0.0)
     attention_dropout = float(fields.get("attention_probs_dropout_prob", fields.get("attention_dropout",
-                              fields.get("attn_pdrop", fields.get("dropout_rate", 0.0)))) or 0.0)
+                              fields.get("attn_pdrop", fields.get("dropout_rate", default_dropout)))) or 0.0)
     hidden_dropout = float(fields.get("hidden_dropout_prob", fields.get("resid_pdrop",
-                           fields.get("hidden_dropout", fields.get("dropout_rate", 0.0)))) or 0.0)
+                           fields.get("hidden_dropout", fields.get("dropout_rate", default_dropout)))) or 0.0)
     num_labels = len(fields["id2label"]) if isinstance(fields.get("id2label"), dict) else int(
         fields.get("num_labels", 2))
     return ModelSpec(

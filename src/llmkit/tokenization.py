@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -282,6 +283,184 @@ class TokenizeDatasetResult:
     seconds: float
     tokens_per_second: float
     warnings: list[str] = field(default_factory=list)
+    sources: list[SourcePreview] = field(default_factory=list)   # `tokenize stats`: each source's format
+
+
+FORMAT_NAMES = {"text": "plain text field", "messages": "chat messages", "sharegpt": "sharegpt conversations",
+                "alpaca": "alpaca instruction", "prompt-completion": "prompt-completion",
+                "conversational-prompt-completion": "TRL conversational prompt-completion",
+                "tool-calls": "tool calls", "input_ids": "pre-tokenized input_ids"}
+
+
+@dataclass
+class SourcePreview:
+    """One source of --data: its detected format and its first example as training sees it."""
+    source: str
+    format: str                  # a FORMAT_NAMES key
+    format_name: str
+    records: int
+    columns: list[str]
+    template: str | None         # chat formats: the chat template that renders them
+    example: list[dict]          # {"text", "trained"} pieces: the loss is taken on the trained ones
+    example_tokens: int
+    example_trained_tokens: int
+
+
+def _sft_settings(max_length: int | None):
+    """sft's data settings at their defaults (field names, --multi-turn...), as `llmkit sft` reads a source."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from llmkit.config import SFTConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(SFTConfig)}
+    return SimpleNamespace(**{**defaults, "seq_len": max_length or 2**62})
+
+
+def _chat_format(records: list[dict], columns: list[str], settings, source: str) -> str | None:
+    """The sft format of a source (refined: sharegpt, TRL conversational, tool calls), or None when it is none."""
+    from llmkit.data import sft as sftdata
+
+    try:
+        fmt = sftdata.detect_format(settings, columns, records, source)
+    except ConfigError:
+        return None
+    first = records[0]
+    conversation = sftdata.to_conversation(first, fmt, settings, 0, source)
+    if conversation.tools or any(m.get("tool_calls") or m["role"] == "tool" for m in conversation.messages):
+        return "tool-calls"
+    if fmt == "prompt-completion" and isinstance(first.get(settings.prompt_field), (list, tuple)):
+        return "conversational-prompt-completion"
+    if fmt == "messages":
+        key = next(c for c in sftdata.MESSAGE_FIELDS if c in first)
+        turns = first.get(key) or [{}]
+        if key == "conversations" or (isinstance(turns[0], dict) and "from" in turns[0]):
+            return "sharegpt"
+    return fmt
+
+
+def source_format(records: list[dict], text_field: str, settings, source: str) -> tuple[str, str | None]:
+    """(format, the sft format that encodes it or None): a text field first (what pretraining reads), then the
+    chat and instruction formats sft detects, then pre-tokenized input_ids."""
+    columns = list(dict.fromkeys(c for r in records for c in r))
+    if isinstance(records[0].get(text_field), str):
+        return "text", None
+    chat = _chat_format(records, columns, settings, source)
+    if chat is not None:
+        from llmkit.data import sft as sftdata
+
+        return chat, sftdata.detect_format(settings, columns, records, source)
+    if "input_ids" in columns:
+        return "input_ids", None
+    raise DataError(f"{source} has no field '{text_field}'; fields found: {', '.join(columns) or 'none'} (and no "
+                    "chat or instruction columns)",
+                    hint="choose the text field with --text-field (chat data: messages, conversations, "
+                         "instruction/output or prompt/completion columns)")
+
+
+def _pieces(backend, ids: list[int], trained: list[bool]) -> list[dict]:
+    """Runs of trained and untrained tokens, each decoded on its own."""
+    pieces, start = [], 0
+    for end in range(1, len(ids) + 1):
+        if end == len(ids) or trained[end] != trained[start]:
+            pieces.append({"text": backend.decode(ids[start:end], skip_special_tokens=False),
+                           "trained": trained[start]})
+            start = end
+    return pieces
+
+
+def preview_sources(cfg: TokenizeDatasetConfig) -> tuple[list[SourcePreview], list[list[list[int]] | None]]:
+    """Each source of cfg.data: its format and first example, and the token ids of the examples of each source
+    that is not plain text (the chat formats rendered through the chat template, as sft trains them; None for a
+    text source). Chat formats load the transformers tokenizer for its chat template."""
+    from llmkit.data import sft as sftdata
+    from llmkit.data.loading import read_records
+    from llmkit.data.sources import parse_spec
+
+    settings = _sft_settings(cfg.max_length)
+    backend = _backend_tokenizer(cfg)
+    tokenizer = template_name = template = None
+    previews, ids = [], []
+    for source in parse_spec(cfg.data):
+        records = read_records(source.name, cfg.data_revision)
+        fmt, sft_format = source_format(records, cfg.text_field, settings, source.name)
+        source_ids = None
+        if sft_format is not None:
+            if tokenizer is None:
+                tokenizer = load_tokenizer(cfg.tokenizer, trust_remote_code=cfg.trust_remote_code)
+            if template is None:
+                try:
+                    template_name, template = sftdata.resolve_template(settings, tokenizer)
+                except ConfigError:   # stats has no --template: show what sft --template chatml would train
+                    template_name, template = "chatml", sftdata.builtin_template("chatml")
+                sftdata.prepare_tokenizer(tokenizer, template_name)
+            encoded = sftdata.encode_records(records, sft_format, tokenizer, template_name, template, settings,
+                                             source.name)
+            if not encoded.examples:
+                raise DataError(f"{source.name}: no example has a token to train on",
+                                hint="each example needs an assistant reply")
+            source_ids = [e.input_ids for e in encoded.examples]
+            first = source_ids[0]
+            trained = [label != sftdata.IGNORE for label in encoded.examples[0].labels]
+        elif fmt == "input_ids":
+            source_ids = [list(map(int, r["input_ids"])) for r in records]
+            first, trained = source_ids[0], [True] * len(source_ids[0])
+        else:   # pretraining trains on every token of a text
+            first = backend.encode(records[0][cfg.text_field], add_special_tokens=True).ids
+            trained = [True] * len(first)
+        previews.append(SourcePreview(
+            source=source.name, format=fmt, format_name=FORMAT_NAMES[fmt], records=len(records),
+            columns=list(dict.fromkeys(c for r in records for c in r)),
+            template=template_name if sft_format is not None else None,
+            example=_pieces(tokenizer.backend_tokenizer if sft_format is not None else backend, first, trained),
+            example_tokens=len(first), example_trained_tokens=sum(trained)))
+        ids.append(source_ids)
+    return previews, ids
+
+
+def _backend_tokenizer(cfg: TokenizeDatasetConfig):
+    plain = _plain_backend_tokenizer(cfg.tokenizer)
+    tokenizer = plain or load_tokenizer(cfg.tokenizer, trust_remote_code=cfg.trust_remote_code)
+    return tokenizer.backend_tokenizer
+
+
+def tokenize_stats(cfg: TokenizeDatasetConfig, reporter: Reporter | None = None) -> TokenizeDatasetResult:
+    """`tokenize dataset` without output, plus each source's format and first example. With a chat source the
+    statistics are those of the examples sft would train (each source counted once)."""
+    import dataclasses
+
+    import numpy as np
+
+    started = time.perf_counter()
+    previews, ids = preview_sources(cfg)
+    if all(p.format == "text" for p in previews):
+        return dataclasses.replace(tokenize_dataset(cfg, reporter), sources=previews)
+    chat = next(p for p in previews if p.format != "text")
+    if cfg.pack:
+        raise ConfigError(f"--pack: {chat.source} holds {chat.format_name} examples, which sft packs whole "
+                          "(`llmkit sft --pack`), not cut into blocks", hint="drop --pack")
+    from llmkit.data.loading import read_text_column
+
+    backend = _backend_tokenizer(cfg)
+    for k, preview in enumerate(previews):
+        if ids[k] is None:
+            ids[k] = [e.ids for e in backend.encode_batch(read_text_column(preview.source, cfg.text_field,
+                                                                           cfg.data_revision))]
+    lengths = np.fromiter((len(x) for source_ids in ids for x in source_ids), dtype=np.int64)
+    kept = np.minimum(lengths, cfg.max_length) if cfg.max_length else lengths
+    ordered = np.sort(lengths)
+    stats = LengthStats(
+        documents=len(lengths), tokens=int(lengths.sum()), mean=round(float(lengths.mean()), 3),
+        p50=_percentile(ordered, 50), p90=_percentile(ordered, 90), p99=_percentile(ordered, 99),
+        max=int(ordered[-1]), min=int(ordered[0]),
+        truncated_share=round(float((lengths > cfg.max_length).mean()) if cfg.max_length else 0.0, 6),
+        tokens_kept=int(kept.sum()), packing_efficiency=None,
+        padding_efficiency=round(float(kept.sum()) / (len(kept) * int(kept.max())), 6), blocks=None)
+    seconds = time.perf_counter() - started
+    return TokenizeDatasetResult(data=cfg.data, output_dir=None, packed=False, max_length=cfg.max_length,
+                                 rows=len(lengths), stats=stats, seconds=round(seconds, 4),
+                                 tokens_per_second=round(stats.tokens / seconds, 1) if seconds else 0.0,
+                                 sources=previews)
 
 
 def _percentile(sorted_lengths, q: float) -> int:
@@ -296,107 +475,98 @@ def tokenize_dataset(cfg: TokenizeDatasetConfig, reporter: Reporter | None = Non
     started = time.perf_counter()
     if cfg.output_dir is not None:
         check_output_dir(cfg.output_dir, cfg.overwrite)
-    if cfg.num_proc:
-        os.environ["RAYON_RS_NUM_CPUS"] = str(cfg.num_proc)  # read once, when the tokenizer's thread pool starts
     import numpy as np
 
+    from llmkit.data import tokens as tk
     from llmkit.data.loading import read_text_column
 
+    tk.set_tokenizer_threads(cfg.num_proc)
     tokenizer = _plain_backend_tokenizer(cfg.tokenizer)
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg.tokenizer, trust_remote_code=cfg.trust_remote_code)
         if not tokenizer.is_fast:
             raise ModelLoadError(f"{cfg.tokenizer} has no fast (Rust) tokenizer",
                                  hint="use a tokenizer with tokenizer.json")
-    texts = read_text_column(cfg.data, cfg.text_field)
-    backend = tokenizer.backend_tokenizer
-    backend.no_truncation()
-    backend.no_padding()
-    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-    with reporter.progress(f"tokenizing {len(texts):,} documents") as advance:
-        encodings = encode(texts, add_special_tokens=True)
-        advance(1)
-    ids = [e.ids for e in encodings]
-    del encodings
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    total = int(lengths.sum())
-    if total == 0:
-        raise DataError(f"{cfg.data}: every document is empty after tokenization", hint="check --text-field")
+    eos = tokenizer.eos_token_id
+    if cfg.pack and eos is None:
+        raise ConfigError(f"tokenizer {cfg.tokenizer} has no eos token to separate packed documents",
+                          hint="use a tokenizer with an eos token, or drop --pack")
+    texts = read_text_column(cfg.data, cfg.text_field, cfg.data_revision)
+    batches = (texts[i:i + tk.BATCH_ROWS] for i in range(0, len(texts), tk.BATCH_ROWS))
     warnings: list[str] = []
-
-    if cfg.pack:
-        eos = tokenizer.eos_token_id
-        if eos is None:
-            raise ConfigError(f"tokenizer {cfg.tokenizer} has no eos token to separate packed documents",
-                              hint="use a tokenizer with an eos token, or drop --pack")
-        docs = [x if x and x[-1] == eos else x + [eos] for x in ids]
-        flat = np.fromiter((t for doc in docs for t in doc), dtype=np.int32)
-        block = cfg.max_length
-        n_blocks = len(flat) // block
-        if n_blocks == 0:
-            raise DataError(f"{cfg.data}: the documents hold {len(flat):,} tokens with eos, fewer than one block of "
-                            f"--max-length {block}", hint="lower --max-length or add data")
-        values = flat[: n_blocks * block]
-        offsets = np.arange(0, n_blocks * block + 1, block, dtype=np.int32)
-        kept = int(values.size)
-        dropped = len(flat) - kept
-        if dropped:
-            warnings.append(f"the last {dropped:,} tokens do not fill a block of {block} and were dropped")
-        packing_efficiency = kept / len(flat)
-        padding_efficiency = None
+    with contextlib.ExitStack() as stack:
+        # documents go to the output dir as they are encoded (packed: to a scratch file there, cut into blocks next)
+        scratch = None if cfg.output_dir is None else stack.enter_context(atomic_output_dir(cfg.output_dir,
+                                                                                           cfg.overwrite))
+        # (in a folder of its own: datasets refuses to save a dataset into the folder its own file is in)
+        encoded_file = None if scratch is None else scratch / ".encoded" / tk.TOKENS_FILE
+        if encoded_file is not None:
+            encoded_file.parent.mkdir()
+        with reporter.progress(f"tokenizing {len(texts):,} documents") as advance:
+            written = tk.write_tokens(batches, tokenizer, encoded_file, add_special_tokens=True,
+                                      append_eos=eos if cfg.pack else None,
+                                      truncate=None if cfg.pack else cfg.max_length)
+            advance(1)
+        lengths, kept_lengths = written.raw_lengths, written.stored_lengths
+        total = int(lengths.sum())
+        if total == 0:
+            raise DataError(f"{cfg.data}: every document is empty after tokenization", hint="check --text-field")
         truncated_share = 0.0
-        rows = n_blocks
-    else:
-        truncated_share = 0.0
-        if cfg.max_length is not None:
-            too_long = np.nonzero(lengths > cfg.max_length)[0]
-            truncated_share = len(too_long) / len(ids)
-            if len(too_long):
-                # Truncation as transformers does it (special tokens kept), only for the rows that need it.
-                backend.enable_truncation(cfg.max_length)
-                redo = backend.encode_batch([texts[i] for i in too_long], add_special_tokens=True)
-                backend.no_truncation()
-                for i, row in zip(too_long, redo):
-                    ids[i] = row.ids
-        kept_lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        values = np.fromiter((t for doc in ids for t in doc), dtype=np.int32, count=int(kept_lengths.sum()))
-        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-        np.cumsum(kept_lengths, out=offsets[1:])
-        kept = int(values.size)
-        packing_efficiency = None
-        longest = int(kept_lengths.max())
-        padding_efficiency = kept / (len(ids) * longest) if longest else None
-        n_blocks = None
-        rows = len(ids)
+        packing_efficiency = padding_efficiency = n_blocks = None
+        stream = int(kept_lengths.sum())
+        if cfg.pack:
+            block = cfg.max_length
+            n_blocks = stream // block
+            if n_blocks == 0:
+                raise DataError(f"{cfg.data}: the documents hold {stream:,} tokens with eos, fewer than one block of "
+                                f"--max-length {block}", hint="lower --max-length or add data")
+            kept = n_blocks * block
+            if stream - kept:
+                warnings.append(f"the last {stream - kept:,} tokens do not fill a block of {block} and were dropped")
+            packing_efficiency = kept / stream
+            rows = n_blocks
+        else:
+            if cfg.max_length is not None:
+                truncated_share = float((lengths > cfg.max_length).mean())
+            kept = stream
+            longest = int(kept_lengths.max())
+            padding_efficiency = kept / (len(texts) * longest) if longest else None
+            rows = len(texts)
 
-    ordered = np.sort(lengths)
-    stats = LengthStats(
-        documents=len(texts), tokens=total, mean=round(float(lengths.mean()), 3), p50=_percentile(ordered, 50),
-        p90=_percentile(ordered, 90), p99=_percentile(ordered, 99), max=int(ordered[-1]), min=int(ordered[0]),
-        truncated_share=round(truncated_share, 6), tokens_kept=kept,
-        packing_efficiency=None if packing_efficiency is None else round(packing_efficiency, 6),
-        padding_efficiency=None if padding_efficiency is None else round(padding_efficiency, 6), blocks=n_blocks)
+        ordered = np.sort(lengths)
+        stats = LengthStats(
+            documents=len(texts), tokens=total, mean=round(float(lengths.mean()), 3), p50=_percentile(ordered, 50),
+            p90=_percentile(ordered, 90), p99=_percentile(ordered, 99), max=int(ordered[-1]), min=int(ordered[0]),
+            truncated_share=round(truncated_share, 6), tokens_kept=kept,
+            packing_efficiency=None if packing_efficiency is None else round(packing_efficiency, 6),
+            padding_efficiency=None if padding_efficiency is None else round(padding_efficiency, 6), blocks=n_blocks)
 
-    if cfg.output_dir is not None:
-        import datasets
-        import pyarrow as pa
-
-        list_type = pa.large_list if offsets.dtype == np.int64 else pa.list_
-        array_cls = pa.LargeListArray if offsets.dtype == np.int64 else pa.ListArray
-        column = array_cls.from_arrays(pa.array(offsets), pa.array(values, type=pa.int32()))
-        assert column.type == list_type(pa.int32())
-        table = datasets.Dataset(pa.table({"input_ids": column}))
-        with atomic_output_dir(cfg.output_dir, cfg.overwrite) as scratch:
-            table.save_to_disk(str(scratch))
+        if scratch is not None:
+            _save_token_dataset(scratch, encoded_file, cfg.max_length if cfg.pack else None)
             meta = {"tokenizer": absolute_if_local(cfg.tokenizer), "text_field": cfg.text_field, "packed": cfg.pack,
-                    "max_length": cfg.max_length, "eos_token_id": tokenizer.eos_token_id,
-                    "pad_token_id": tokenizer.pad_token_id, "source": absolute_if_local(cfg.data), "stats": asdict(stats)}
+                    "max_length": cfg.max_length, "eos_token_id": eos, "pad_token_id": tokenizer.pad_token_id,
+                    "source": absolute_if_local(cfg.data), "stats": asdict(stats)}
             (scratch / DATASET_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
             (scratch / "resolved_config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
     seconds = time.perf_counter() - started
     return TokenizeDatasetResult(data=cfg.data, output_dir=cfg.output_dir, packed=cfg.pack, max_length=cfg.max_length,
                                  rows=rows, stats=stats, seconds=round(seconds, 4),
                                  tokens_per_second=round(total / seconds, 1) if seconds else 0.0, warnings=warnings)
+
+
+def _save_token_dataset(scratch: Path, encoded_file: Path, block: int | None) -> None:
+    """The encoded documents (cut into blocks of `block`, when given) as a saved `datasets` dir in `scratch`,
+    which `datasets.load_from_disk` and the training commands read memory-mapped."""
+    import datasets
+
+    from llmkit.data import tokens as tk
+
+    if block is not None:
+        blocks_file = encoded_file.with_name(f"blocks-{tk.TOKENS_FILE}")
+        tk.write_blocks(tk.read_stream(encoded_file).column(tk.COLUMN), block, blocks_file)
+        encoded_file = blocks_file
+    datasets.Dataset.from_file(str(encoded_file)).save_to_disk(str(scratch))
+    shutil.rmtree(encoded_file.parent)
 
 
 class _PlainBackendTokenizer:

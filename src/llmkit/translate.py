@@ -15,7 +15,7 @@ import dataclasses
 import shlex
 from typing import Any
 
-from llmkit.config import STRATEGY_ZERO
+from llmkit.config import STRATEGY_ZERO, OptimArgs
 
 ZERO_STRATEGY = {zero: name for name, zero in STRATEGY_ZERO.items() if name != "fsdp"}
 
@@ -30,8 +30,12 @@ DEFAULT_LORA_TARGETS = ("q_proj", "v_proj")
 
 def memory_config(run_cfg, *, zero: int = 0, offload: str = "none", gpus: int = 1, nodes: int = 1,
                   gpu_memory: str | None = None, overhead: str | None = None, mixed_precision: str | None = None,
-                  attention: str = "sdpa", adapter: dict[str, Any] | None = None, precision: str | None = None):
+                  attention: str = "sdpa", adapter: dict[str, Any] | None = None, precision: str | None = None,
+                  device: str = "cuda"):
     """The MemoryEstimateConfig of a training run.
+
+    `device` is where the run computes (cuda, or cpu for a run without a GPU): CUDA and CPU autocast save different
+    tensors, so the forecast of a CPU run uses the CPU rules.
 
     `run_cfg` is a PretrainConfig, SFTConfig or PeftConfig. The adapter and precision come from the config
     (`llmkit peft`'s method, rank, targets, quantization, base dtype) unless the caller read them off the built
@@ -53,7 +57,7 @@ def memory_config(run_cfg, *, zero: int = 0, offload: str = "none", gpus: int = 
         trainable_layers=run_cfg.trainable_layers, batch_size=run_cfg.batch_size, seq_len=run_cfg.seq_len,
         grad_accum=run_cfg.grad_accum, grad_checkpointing=run_cfg.grad_checkpointing, attention=attention,
         zero=zero, offload=offload, gpus=max(gpus, 1), nodes=max(nodes, 1), gpu_memory=gpu_memory,
-        overhead=overhead, **adapter_fields)
+        overhead=overhead, device=device, **adapter_fields)
 
 
 def adapter_fields_of(run_cfg) -> dict[str, Any]:
@@ -116,7 +120,7 @@ def training_argv(mem_cfg, model: str, task: str) -> list[str]:
         argv.append("--grad-checkpointing")
     if mem_cfg.mixed_precision != "no":
         argv += ["--mixed-precision", mem_cfg.mixed_precision]
-    if mem_cfg.optimizer != "adamw":
+    if mem_cfg.optimizer != OptimArgs.optimizer:   # the training default
         argv += ["--optimizer", mem_cfg.optimizer]
     if mem_cfg.peft == "lora":
         argv += ["--lora-rank", str(mem_cfg.lora_rank)]
@@ -135,9 +139,22 @@ def training_argv(mem_cfg, model: str, task: str) -> list[str]:
     return argv
 
 
+_GENERATE_QUANT_FLAGS = {"none": [], "int8": ["--load-in-8bit"], "nf4": ["--load-in-4bit"]}
+
+
+def inference_argv(mem_cfg, model: str) -> list[str]:
+    """The `llmkit generate` batch run of an inference memory-estimate config: --max-length bounds the KV cache
+    (prompt included), DATA and OUT are the prompts' JSONL and the results' file."""
+    return (["llmkit", "generate", "--model", model, "--input", "DATA", "--output", "OUT", "--batch-size",
+             str(mem_cfg.batch_size), "--max-length", str(mem_cfg.seq_len), "--dtype", mem_cfg.effective_precision]
+            + _GENERATE_QUANT_FLAGS[mem_cfg.quant])
+
+
 def plan_argv(mem_cfg, model: str, task: str) -> list[str]:
     """The whole command line of a plan: the training command alone on one GPU without ZeRO, else under
-    `llmkit launch` with the strategy and process count the plan assumes."""
+    `llmkit launch` with the strategy and process count the plan assumes; `llmkit generate` for inference."""
+    if mem_cfg.mode == "inference":
+        return inference_argv(mem_cfg, model)
     train = training_argv(mem_cfg, model, task)
     if mem_cfg.gpus * mem_cfg.nodes == 1 and mem_cfg.zero == 0:
         return train

@@ -145,7 +145,7 @@ def test_qlora_on_cpu_trains_adapters_over_4bit_layers_and_matches_the_estimate(
     spec = from_config_dict(json.loads((llama_base / "config.json").read_text()), name="base", source="config")
     est = estimate(MemoryEstimateConfig(model="base", mode="train", precision="fp32", quant="nf4",
                                         double_quant=True, peft="lora", lora_targets=("all-linear",), overhead="0"),
-                   spec=spec, with_plans=False)
+                   spec=spec)
     frozen_estimate = est.per_device["weights"] - result.trainable_parameters * 4
     assert abs(weights - frozen_estimate) / weights < 0.10, (weights, frozen_estimate)
 
@@ -293,7 +293,7 @@ def test_8gb_presets_fit_a_1b4_model_by_memory_estimate(name):
         peft=cfg.method, lora_rank=cfg.lora_rank, lora_targets=cfg.lora_targets or ("query_key_value",),
         optimizer=cfg.optimizer, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, seq_len=cfg.seq_len,
         grad_checkpointing=cfg.grad_checkpointing, gpu_memory="8GiB")
-    result = estimate(memory, with_plans=False)
+    result = estimate(memory)
     assert result.fits, result.per_device
     assert result.per_device["total"] < 7.0 * 2**30
 

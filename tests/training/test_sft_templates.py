@@ -218,7 +218,8 @@ def test_eval_split_with_expand_holds_out_whole_conversations(tok):
               {"role": "assistant", "content": f"Answer {i}: part {turn}."})] for i in range(14)]
     encoded = _encode(tok, rows, CHATML, multi_turn="expand")
     assert len(encoded.examples) == 42
-    train, held = split_conversations(encoded.examples, 0.3, seed=0)
+    train_indices, held_indices = split_conversations([e.row for e in encoded.examples], 0.3, seed=0)
+    train, held = ([encoded.examples[i] for i in indices] for indices in (train_indices, held_indices))
 
     def conversations(examples):
         return {int(n) for e in examples for n in re.findall(r"Question (\d+):", tok.decode(e.input_ids))}

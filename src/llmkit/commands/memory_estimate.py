@@ -24,20 +24,30 @@ def register(app: typer.Typer) -> None:
 @config_command(MemoryEstimateConfig)
 def memory_estimate(cfg: MemoryEstimateConfig, out: Output) -> None:
     """Memory per GPU for training or inference: weights, gradients, optimizer, activations, overhead."""
-    from llmkit.memory import estimate
-    from llmkit.translate import with_plan_commands
+    from llmkit.memory import estimate, load_model_spec
 
-    result = with_plan_commands(estimate(cfg))
+    spec = load_model_spec(cfg)
+    result = estimate(cfg, spec)
+    fit = None
+    if cfg.plan or cfg.fit:   # the search is imported only when asked for: it is start-up time otherwise
+        from llmkit.plans import largest_fit, search_plans
+        from llmkit.translate import with_plan_commands
+
+        if cfg.plan:
+            result = with_plan_commands(dataclasses.replace(result, plans=search_plans(cfg, spec, result)))
+        if cfg.fit:
+            fit = largest_fit(cfg, spec)
     if not cfg.explain:   # the formulas are shown, and serialised, only when asked for
         result = dataclasses.replace(result, explain={})
-    out.result(result, lambda result: _render(cfg, result))
+    document = result if fit is None else {**result.to_json(), "fit": fit}
+    out.result(document, lambda _: _render(cfg, result, fit))
 
 
 _PHASES = {"forward_backward": "forward/backward", "optimizer_step": "optimizer step",
            "inference": "inference"}
 
 
-def _render(cfg, result) -> None:
+def _render(cfg, result, fit) -> None:
     from rich.table import Table
 
     from llmkit.memory import gib
@@ -60,6 +70,10 @@ def _render(cfg, result) -> None:
     out.print(table)
     if result.cpu_ram:
         out.print(f"CPU RAM for offload: {result.cpu_ram:,} bytes ({gib(result.cpu_ram):.2f} GiB) per node")
+    host = result.host_ram_bytes
+    if host:
+        out.print(f"host RAM per node: {gib(host['total']):.2f} GiB (loading the model {gib(host['load']):.2f} GiB, "
+                  f"offload {gib(host['offload']):.2f} GiB; not at the same time)")
     if result.communication_bytes_per_step:
         out.print(f"communication per optimizer step: {gib(result.communication_bytes_per_step):.2f} GiB per GPU")
     if result.fits is not None:
@@ -75,13 +89,20 @@ def _render(cfg, result) -> None:
         out.print(explain)
     for note in result.notes:
         out.print(f"[yellow]note:[/yellow] {note}")
+    if fit is not None:
+        limit = " (the search's limit: more may fit)" if fit["limit_reached"] else ""
+        out.print(f"[bold]largest {fit['lever'].replace('_', ' ')} that fits[/bold]: {fit['value']:,}{limit}, "
+                  f"{gib(fit['per_device_total']):.2f} GiB per GPU")
     if result.plans is not None:
         if not result.plans:
             out.print("no plan needed: it fits" if result.fits else "no searched configuration fits this budget")
+        changes = "what is computed" if cfg.mode == "inference" else "what is trained"
         for plan in result.plans:
-            tag = " [yellow](changes what is trained)[/yellow]" if plan.changes_what_is_trained else ""
+            tag = f" [yellow](changes {changes})[/yellow]" if plan.changes_what_is_trained else ""
             out.print(f"[bold]plan {plan.rank}[/bold]: {'; '.join(plan.changes)}{tag}")
-            out.print(f"  {gib(plan.per_device_total):.2f} GiB per GPU, step time ×{plan.relative_step_time:g}, "
-                      f"GPU-time ×{plan.gpu_seconds_factor:g}")
+            time = "decode time" if cfg.mode == "inference" else "step time"
+            host = f", host RAM {gib(plan.host_ram['total']):.1f} GiB" if plan.host_ram.get("total") else ""
+            out.print(f"  {gib(plan.per_device_total):.2f} GiB per GPU{host}, {time} ×{plan.relative_step_time:g}, "
+                      f"GPU-time ×{plan.gpu_seconds_factor:g} (vs the configuration asked for)")
             out.print(f"  memory-estimate flags: {' '.join(plan.flags)}", markup=False)
             out.print(f"  run it: {plan.command}", markup=False, soft_wrap=True)

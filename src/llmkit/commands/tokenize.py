@@ -137,25 +137,57 @@ def dataset_cmd(cfg: TokenizeDatasetConfig, out: Output) -> None:
 @app.command("stats", epilog=examples(
     "llmkit tokenize stats -t runs/quickstart/tokenizer --data corpus.jsonl",
     "llmkit tokenize stats -t runs/quickstart/tokenizer --data corpus.jsonl --max-length 256 --json",
-    "llmkit tokenize stats -t ./tok --data corpus.jsonl --pack --max-length 1024"))
+    "llmkit tokenize stats -t ./tok --data corpus.jsonl --pack --max-length 1024",
+    "llmkit tokenize stats -t ./chat-model --data chats.jsonl,notes.jsonl.gz --json"))
 @config_command(TokenizeDatasetConfig, skip=("output_dir", "overwrite"))
 def stats_cmd(cfg: TokenizeDatasetConfig, out: Output) -> None:
-    """Token-length statistics of a dataset, without writing anything."""
-    _run_dataset(cfg, out)
+    """Each source's detected format and first example as training sees it, and token-length statistics, without
+    writing anything."""
+    from llmkit.tokenization import tokenize_stats
+
+    _report(tokenize_stats(cfg, reporter=out.report), out)
 
 
 def _run_dataset(cfg: TokenizeDatasetConfig, out: Output) -> None:
     from llmkit.tokenization import tokenize_dataset
 
-    result = tokenize_dataset(cfg, reporter=out.report)
+    _report(tokenize_dataset(cfg, reporter=out.report), out)
+
+
+def _report(result, out: Output) -> None:
     for warning in result.warnings:
         out.report.warn(warning)
     out.result(result, _render_dataset)
 
 
+PREVIEW_CHARS = 1200   # of a long document, the start is enough to see its shape (--json has all of it)
+
+
+def _render_sources(sources) -> None:
+    from rich.text import Text
+
+    out = console()
+    for preview in sources:
+        template = f", rendered with the {preview.template} chat template" if preview.template else ""
+        out.print(Text.assemble((preview.source, "bold"), f": {preview.format_name} ({preview.records:,} records; "
+                                f"columns {', '.join(preview.columns)}){template}"))
+        example, shown = Text(), 0
+        for piece in preview.example:   # the loss is taken on the highlighted pieces
+            text = piece["text"][:max(PREVIEW_CHARS - shown, 0)]
+            example.append(text, style="bold green" if piece["trained"] else "dim")
+            shown += len(text)
+        hidden = sum(len(p["text"]) for p in preview.example) - shown
+        if hidden:
+            example.append(f" … ({hidden:,} more characters)", style="italic")
+        out.print(example)
+        out.print(f"first example: {preview.example_tokens:,} tokens, {preview.example_trained_tokens:,} trained "
+                  "(highlighted)", highlight=False)
+
+
 def _render_dataset(result) -> None:
     from rich.table import Table
 
+    _render_sources(result.sources)
     s = result.stats
     table = Table(title=f"token lengths of {result.data}", title_justify="left")
     table.add_column("statistic")

@@ -61,6 +61,9 @@ class Encoded:
     dropped: dict[str, int] = field(default_factory=dict)   # reason -> examples dropped
     truncated: int = 0                    # examples cut to --seq-len that kept a trained token
     end_token_id: int | None = None       # the last special token of a reply (the end of turn)
+    end_token_known: bool = False         # the first example with reply tokens was seen (end_token_id is final)
+    trailing: int = 0                     # conversations whose turns after the last reply were left out
+    rewritten: int = 0                    # conversations whose template rewrites earlier turns (one example a reply)
     # (row, message number, text) of each conversation with a special token's text in a message (encoded as text)
     special_text: list[tuple[int, int, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -561,14 +564,15 @@ def _encode_contents_as_text(tokenizer, text: str, ids: list[int], offsets: list
 
 
 def encode_records(records: list[dict], fmt: str, tokenizer, template_name: str, template: str, cfg,
-                   source: str, limit: int | None = None) -> Encoded:
-    """Every record as training examples (--multi-turn, --train-on-prompt and --seq-len applied)."""
+                   source: str, limit: int | None = None, first_row: int = 0) -> Encoded:
+    """Every record as training examples (--multi-turn, --train-on-prompt and --seq-len applied); `first_row` is
+    the source row of records[0] (a chunk of a larger source)."""
     out = Encoded(examples=[], format=fmt, template_name=template_name, template=template, records=len(records))
-    renderings, rows, contents, quoted, conversations, trailing, rewritten = [], [], {}, {}, 0, 0, 0
+    renderings, rows, contents, quoted, conversations = [], [], {}, {}, 0
     special_texts = _special_texts(tokenizer)
     special_text = re.compile("|".join(re.escape(t) for t in sorted(set(special_texts.values()), key=len,
                                                                      reverse=True))) if special_texts else None
-    for row, record in enumerate(records):
+    for row, record in enumerate(records, first_row):
         if limit is not None and conversations >= limit:
             break
         where = f"row {row + 1}"
@@ -580,12 +584,12 @@ def encode_records(records: list[dict], fmt: str, tokenizer, template_name: str,
             out.dropped["no assistant reply"] = out.dropped.get("no assistant reply", 0) + 1
             continue
         if last != len(messages) - 1:
-            trailing += 1
+            out.trailing += 1
             messages = conversation.messages = messages[:last + 1]
         conversations += 1
         _check_tools_rendered(tokenizer, template, conversation, f"{source}: {where}")
         row_renderings, per_reply = _renderings(tokenizer, template, conversation, cfg.multi_turn, where)
-        rewritten += per_reply
+        out.rewritten += per_reply
         literal = next(((turn, found.group()) for turn, m in enumerate(messages, 1)
                         if special_text and (found := special_text.search(m["content"]))), None)
         if literal:
@@ -596,14 +600,7 @@ def encode_records(records: list[dict], fmt: str, tokenizer, template_name: str,
                 contents[len(renderings)] = _content_ranges(tokenizer, template, rendering, where, quoted[row])
             renderings.append(rendering)
             rows.append(row)
-    if trailing:
-        out.warnings.append(f"{source}: {trailing:,} conversation(s) end with a turn after the last assistant reply; "
-                            "those trailing turns have nothing to train on and were left out")
-    if rewritten:
-        out.warnings.append(f"{source}: in {rewritten:,} conversation(s) the chat template renders earlier turns "
-                            "differently once later turns follow (it rewrites them, e.g. drops past reasoning), so "
-                            "each of their replies is trained as its own example, with the context the template "
-                            "renders when that reply is generated (as --multi-turn expand)")
+    out.warnings.extend(conversation_warnings(out, source))
     if not renderings:
         return out
     encoded = tokenizer([r.text for r in renderings], add_special_tokens=False, return_offsets_mapping=True)
@@ -615,9 +612,9 @@ def encode_records(records: list[dict], fmt: str, tokenizer, template_name: str,
             ids, offsets = _encode_contents_as_text(tokenizer, rendering.text, ids, offsets, contents[k],
                                                     special_texts, quoted[row])
         token_spans = _token_spans(offsets, rendering.spans, f"row {row + 1}")
-        if out.end_token_id is None and token_spans[0]:
+        if not out.end_token_known and token_spans[0]:
             ends = [ids[t] for t in token_spans[0] if ids[t] in specials]
-            out.end_token_id = ends[-1] if ends else -1
+            out.end_token_id, out.end_token_known = (ends[-1] if ends else None), True
         if cfg.train_on_prompt:
             labels = list(ids)
         else:
@@ -645,9 +642,21 @@ def encode_records(records: list[dict], fmt: str, tokenizer, template_name: str,
                 continue
             out.truncated += 1
         out.examples.append(Example(input_ids=ids, labels=labels, row=row))
-    if out.end_token_id == -1:
-        out.end_token_id = None
     return out
+
+
+def conversation_warnings(encoded: Encoded, source: str) -> list[str]:
+    """What encoding changed about whole conversations (from the counts, so chunks of a source add up)."""
+    warnings = []
+    if encoded.trailing:
+        warnings.append(f"{source}: {encoded.trailing:,} conversation(s) end with a turn after the last assistant "
+                        "reply; those trailing turns have nothing to train on and were left out")
+    if encoded.rewritten:
+        warnings.append(f"{source}: in {encoded.rewritten:,} conversation(s) the chat template renders earlier "
+                        "turns differently once later turns follow (it rewrites them, e.g. drops past reasoning), "
+                        "so each of their replies is trained as its own example, with the context the template "
+                        "renders when that reply is generated (as --multi-turn expand)")
+    return warnings
 
 
 def load_records(cfg, source: str):
@@ -671,11 +680,17 @@ def encode_source(cfg, tokenizer, template_name: str, template: str, source: str
                   limit: int | None = None, require: bool = True) -> Encoded:
     records, fmt = load_records(cfg, source)
     encoded = encode_records(records, fmt, tokenizer, template_name, template, cfg, source, limit)
+    finish_source(encoded, cfg, source, len(encoded.examples), require)
+    return encoded
+
+
+def finish_source(encoded: Encoded, cfg, source: str, examples: int, require: bool = True) -> None:
+    """The warning for dropped examples; with `require`, the error when no example is left to train on."""
     dropped = sum(encoded.dropped.values())
     if dropped:
         reasons = ", ".join(f"{n:,} {why}" for why, n in encoded.dropped.items())
         encoded.warnings.append(f"{source}: dropped {dropped:,} example(s) without a trained token ({reasons})")
-    if require and not encoded.examples:
+    if require and not examples:
         cut = encoded.dropped.get("every answer token cut by --seq-len", 0)
         if cut:
             raise DataError(f"{source}: every example is longer than --seq-len {cfg.seq_len} up to its answer, so "
@@ -684,34 +699,51 @@ def encode_source(cfg, tokenizer, template_name: str, template: str, source: str
         raise DataError(f"{source}: no example has a token to train on "
                         f"({', '.join(f'{n:,} {why}' for why, n in encoded.dropped.items()) or 'no records'})",
                         hint="each example needs an assistant reply (check --format and the field flags)")
-    return encoded
 
 
 # ------------------------------------------------------------------------------------------------------ packing
 
 def pack_examples(examples: list[Example], seq_len: int) -> list[dict]:
-    """Examples packed into blocks of at most seq_len tokens, best-fit decreasing (each example, longest first, goes
-    into the fullest block it fits); position ids restart per example. Examples are never split."""
-    import bisect
-
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
-    members: list[list[int]] = []
-    free: list[tuple[int, int]] = []          # (room left, block index), sorted
-    for i in order:
-        n = len(examples[i].input_ids)
-        at = bisect.bisect_left(free, (n, -1))
-        if at < len(free):
-            room, block = free.pop(at)
-        else:
-            room, block = seq_len, len(members)
-            members.append([])
-        members[block].append(i)
-        if room - n > 0:
-            bisect.insort(free, (room - n, block))
+    """Examples packed into blocks of at most seq_len tokens (`pack_blocks`); position ids restart per example."""
+    members, starts = pack_blocks([len(e.input_ids) for e in examples], seq_len)
     blocks = []
-    for block in members:
-        block = sorted(block)                 # the data's order inside a block
+    for block in (members[a:b].tolist() for a, b in zip(starts[:-1], starts[1:])):
         blocks.append({"input_ids": [t for i in block for t in examples[i].input_ids],
                        "labels": [t for i in block for t in examples[i].labels],
                        "position_ids": [p for i in block for p in range(len(examples[i].input_ids))]})
     return blocks
+
+
+def pack_blocks(lengths, seq_len: int):
+    """Best-fit decreasing: each example, longest first, goes into the fullest block it fits (the first such
+    block on a tie); examples are never split. Returns (example indices grouped by block, in the data's order
+    inside a block; block start offsets into them)."""
+    import bisect
+    import heapq
+
+    import numpy as np
+
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    block_of = np.empty(len(order), dtype=np.int64)
+    open_blocks: dict[int, list[int]] = {}     # room left -> heap of the blocks with that room
+    rooms: list[int] = []                      # the rooms with an open block, sorted
+    blocks = 0
+    for i in order.tolist():
+        n = int(lengths[i])
+        at = bisect.bisect_left(rooms, n)
+        if at < len(rooms):
+            room = rooms[at]
+            block = heapq.heappop(open_blocks[room])
+            if not open_blocks[room]:
+                del open_blocks[room], rooms[at]
+        else:
+            room, block, blocks = seq_len, blocks, blocks + 1
+        block_of[i] = block
+        if room - n > 0:
+            if room - n not in open_blocks:
+                open_blocks[room - n] = []
+                bisect.insort(rooms, room - n)
+            heapq.heappush(open_blocks[room - n], block)
+    members = np.argsort(block_of, kind="stable")
+    return members, np.concatenate([[0], np.cumsum(np.bincount(block_of, minlength=blocks))])

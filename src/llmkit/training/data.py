@@ -7,6 +7,9 @@
   (sdpa/eager/flash) keeps a block-diagonal mask: no document attends to another, and the first token of a
   document is not predicted from the previous one. Only for architectures that keep packed examples apart
   (llmkit.training.packing decides, and refuses the others).
+
+Documents stay memory-mapped (llmkit.data.tokens): each layout is a few index arrays, and a row is cut from the
+mapped tokens when the Trainer reads it, so memory does not grow with the corpus.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmkit.data.tokens import TokenDocs, cached_tokens
 from llmkit.errors import ConfigError, DataError
 
 DATASET_META = "llmkit_dataset.json"
@@ -27,115 +31,158 @@ SPLITS = {"train": 0, "eval": 1}
 
 @dataclass
 class Documents:
-    docs: list[list[int]]
+    docs: TokenDocs
     source: str
     pretokenized: bool = False
     prepacked: bool = False          # a `tokenize dataset --pack` dir: rows are already blocks
+    origin: str = ""                 # where the tokens came from (the cache entry, reused or built), for the log
     warnings: list[str] = field(default_factory=list)
 
 
-def read_documents(source: str, text_field: str, tokenizer, *, add_special_tokens: bool,
-                   append_eos: bool) -> Documents:
-    """Token ids of every document in `source` (a text dataset, or a pre-tokenized `input_ids` dir)."""
-    from llmkit.data.loading import load_table
+def read_documents(source: str, text_field: str, tokenizer, *, add_special_tokens: bool, append_eos: bool,
+                   num_proc: int | None = None, cache_dir: str | None = None, revision: str | None = None,
+                   seed: int = 0) -> Documents:
+    """The non-empty documents of `source`, memory-mapped: a pre-tokenized `input_ids` dir as it is, a text
+    dataset (or a mix of them: `seed` draws it) tokenized once into the data cache (--data-cache) and reused from
+    there."""
+    from llmkit.data.loading import load_table, source_kind
+    from llmkit.data.sources import is_mix, parse_spec
 
-    table = load_table(source)
-    if len(table) == 0:
-        raise DataError(f"{source} holds no records", hint="give a dataset with at least one document")
-    columns = list(table.column_names)
-    if "input_ids" in columns and text_field not in columns:
-        docs = [list(map(int, row)) for row in table["input_ids"]]
+    eos = tokenizer.eos_token_id
+    if append_eos and eos is None:
+        raise ConfigError("the tokenizer has no eos token to end each document",
+                          hint="use a tokenizer with an eos token (or add one: tokenizer.add_special_tokens)")
+    saved = load_table(source) if source_kind(source) == "saved" else None
+    if saved is not None and "input_ids" in saved.column_names and text_field not in saved.column_names:
+        if len(saved) != saved.data.num_rows:   # saved after a select or shuffle: rows in their Arrow order
+            saved = saved.flatten_indices()
         meta_file = Path(source).expanduser() / DATASET_META
         meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
-        result = Documents(docs=docs, source=source, pretokenized=True, prepacked=bool(meta.get("packed")))
+        prepacked = bool(meta.get("packed"))
+        docs = TokenDocs.from_column(saved.data.column("input_ids"),
+                                     append_eos=eos if append_eos and not prepacked else None)
+        result = Documents(docs=docs, source=source, pretokenized=True, prepacked=prepacked,
+                           origin=f"{source}: pre-tokenized, memory-mapped")
     else:
-        if text_field not in columns:
-            raise DataError(f"{source} has no field '{text_field}'; fields found: {', '.join(columns) or 'none'}",
-                              hint="choose the text field with --text-field")
-        texts = ["" if v is None else str(v) for v in table[text_field]]
-        backend = tokenizer.backend_tokenizer
-        backend.no_truncation()
-        backend.no_padding()
-        docs = [e.ids for e in backend.encode_batch(texts, add_special_tokens=add_special_tokens)]
-        result = Documents(docs=docs, source=source)
-    eos = tokenizer.eos_token_id
-    if append_eos and not result.prepacked:
-        if eos is None:
-            raise ConfigError("the tokenizer has no eos token to end each document",
-                              hint="use a tokenizer with an eos token (or add one: tokenizer.add_special_tokens)")
-        result.docs = [d if d and d[-1] == eos else d + [eos] for d in result.docs if d]
-    result.docs = [d for d in result.docs if d]
-    if not result.docs or sum(map(len, result.docs)) == 0:
+        mixed = is_mix(source)
+        tokens = cached_tokens([s.name for s in parse_spec(source)] if mixed else [source],
+                               lambda: saved if saved is not None else load_table(source, revision=revision, seed=seed),
+                               text_field, tokenizer, add_special_tokens=add_special_tokens,
+                               append_eos=eos if append_eos else None, num_proc=num_proc, cache_dir=cache_dir,
+                               source_settings={"data": source, "revision": revision, "seed": seed if mixed else None})
+        how = "reused from the data cache" if tokens.reused else "tokenized into the data cache"
+        result = Documents(docs=tokens.docs, source=source, origin=f"{source}: {how} ({tokens.entry})")
+    if len(result.docs) == 0:
         raise DataError(f"{source}: every document is empty after tokenization",
                         hint=f"check --text-field (now '{text_field}')")
     return result
 
 
-def split_eval(docs: list[list[int]], eval_split: float, seed: int) -> tuple[list[list[int]], list[list[int]]]:
-    """Hold out a share (< 1) or a count (>= 1) of the documents, chosen at random with `seed`."""
-    n = len(docs)
-    count = round(eval_split * n) if eval_split < 1 else int(eval_split)
-    count = max(count, 1)
+def eval_count(n: int, eval_split: float) -> int:
+    """How many of n documents --eval-split holds out (a share below 1, or a count); refuses leaving none."""
+    count = max(round(eval_split * n) if eval_split < 1 else int(eval_split), 1)
     if count >= n:
         raise ConfigError(f"--eval-split {eval_split:g} holds out {count:,} of {n:,} documents, leaving none to train "
                           "on", hint="use a smaller share (e.g. --eval-split 0.05) or give --eval-data")
-    order = list(range(n))
+    return count
+
+
+def split_eval(docs: list, eval_split: float, seed: int) -> tuple[list, list]:
+    """Hold out a share (< 1) or a count (>= 1) of a list, chosen at random with `seed`."""
+    count = eval_count(len(docs), eval_split)
+    order = list(range(len(docs)))
     random.Random(seed).shuffle(order)
     held = set(order[:count])
     return [d for i, d in enumerate(docs) if i not in held], [d for i, d in enumerate(docs) if i in held]
 
 
-def chunk(docs: list[list[int]], seq_len: int, min_len: int = 1) -> list[dict]:
-    """One row per document; longer documents are cut into --seq-len pieces; pieces under min_len are dropped."""
-    rows = []
-    for doc in docs:
-        for start in range(0, len(doc), seq_len):
-            piece = doc[start:start + seq_len]
-            if len(piece) >= min_len:
-                rows.append({"input_ids": piece})
-    return rows
+def split_eval_indices(n: int, eval_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`split_eval` for n documents as index arrays (training, held out), each in document order."""
+    held = np.zeros(n, dtype=bool)
+    held[np.random.default_rng(seed).permutation(n)[:eval_count(n, eval_split)]] = True
+    return np.flatnonzero(~held), np.flatnonzero(held)
 
 
-def _flat(docs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
-    flat = np.fromiter((t for d in docs for t in d), dtype=np.int64, count=int(lengths.sum()))
-    starts = np.zeros(len(flat), dtype=bool)
-    starts[np.concatenate([[0], np.cumsum(lengths)[:-1]])] = True
-    return flat, starts
+class DocumentRows:
+    """One row per document; documents longer than seq_len are cut into seq_len pieces (None: whole documents);
+    pieces under min_len are left out. Rows are cut from the mapped tokens when read."""
+
+    def __init__(self, docs: TokenDocs, seq_len: int | None, min_len: int = 1):
+        self.docs = docs
+        step = docs.length if seq_len is None else np.full(len(docs), seq_len, dtype=np.int64)
+        pieces = -(-docs.length // np.maximum(step, 1))
+        self.doc = np.repeat(np.arange(len(docs)), pieces)
+        first = np.cumsum(pieces) - pieces
+        self.lo = (np.arange(len(self.doc)) - np.repeat(first, pieces)) * step[self.doc]
+        self.hi = np.minimum(self.lo + step[self.doc], docs.length[self.doc])
+        keep = self.hi - self.lo >= min_len
+        self.doc, self.lo, self.hi = self.doc[keep], self.lo[keep], self.hi[keep]
+
+    def __len__(self) -> int:
+        return len(self.doc)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"input_ids": self.docs.piece(self.doc[index], self.lo[index], self.hi[index]).tolist()}
+
+    @property
+    def tokens(self) -> int:
+        return int((self.hi - self.lo).sum())
+
+
+class BlockRows:
+    """The documents concatenated and cut into blocks of seq_len (--pack; the tail that fills no block is dropped).
+    With positions (--padding-free), position ids restart at every document and every block."""
+
+    def __init__(self, docs: TokenDocs, seq_len: int, source: str, positions: bool = False):
+        self.docs, self.seq_len, self.positions = docs, seq_len, positions
+        self.ends = np.cumsum(docs.length)
+        total = int(self.ends[-1]) if len(docs) else 0
+        self.blocks = total // seq_len
+        if self.blocks == 0:
+            flag = "--padding-free" if positions else "--pack"
+            raise DataError(f"{source}: the documents hold {total:,} tokens (eos included), fewer than one packed "
+                            f"block of --seq-len {seq_len}", hint=f"lower --seq-len, add data, or drop {flag}")
+        self.dropped = total - self.blocks * seq_len
+
+    def __len__(self) -> int:
+        return self.blocks
+
+    def __getitem__(self, index: int) -> dict:
+        begin, end = index * self.seq_len, (index + 1) * self.seq_len
+        first, last = np.searchsorted(self.ends, [begin, end - 1], side="right")
+        pieces, positions = [], []
+        for doc in range(first, last + 1):
+            doc_start = self.ends[doc] - self.docs.length[doc]
+            lo, hi = max(begin, doc_start) - doc_start, min(end, self.ends[doc]) - doc_start
+            pieces.append(self.docs.piece(doc, lo, hi))
+            positions.append(np.arange(hi - lo))
+        row = {"input_ids": np.concatenate(pieces).tolist()}
+        if self.positions:
+            row["position_ids"] = np.concatenate(positions).tolist()
+        return row
+
+    @property
+    def tokens(self) -> int:
+        return self.blocks * self.seq_len
 
 
 def pack(docs: list[list[int]], seq_len: int, source: str) -> tuple[list[dict], int]:
     """Concatenated documents cut into blocks of seq_len; returns (rows, tokens dropped at the tail)."""
-    flat, _ = _flat(docs)
-    blocks = len(flat) // seq_len
-    if blocks == 0:
-        raise DataError(f"{source}: the documents hold {len(flat):,} tokens (eos included), fewer than one packed "
-                        f"block of --seq-len {seq_len}", hint="lower --seq-len, add data, or drop --pack")
-    rows = [{"input_ids": flat[i * seq_len:(i + 1) * seq_len].tolist()} for i in range(blocks)]
-    return rows, len(flat) - blocks * seq_len
+    blocks = BlockRows(TokenDocs.from_lists(docs), seq_len, source)
+    return [blocks[i] for i in range(len(blocks))], blocks.dropped
 
 
 def pack_padding_free(docs: list[list[int]], seq_len: int, source: str) -> tuple[list[dict], int]:
     """Like `pack`, plus position ids that restart at every document (and every block)."""
-    flat, starts = _flat(docs)
-    blocks = len(flat) // seq_len
-    if blocks == 0:
-        raise DataError(f"{source}: the documents hold {len(flat):,} tokens (eos included), fewer than one packed "
-                        f"block of --seq-len {seq_len}", hint="lower --seq-len, add data, or drop --padding-free")
-    rows = []
-    for i in range(blocks):
-        ids = flat[i * seq_len:(i + 1) * seq_len]
-        start = starts[i * seq_len:(i + 1) * seq_len].copy()
-        start[0] = True
-        segment_start = np.maximum.accumulate(np.where(start, np.arange(seq_len), 0))
-        rows.append({"input_ids": ids.tolist(), "position_ids": (np.arange(seq_len) - segment_start).tolist()})
-    return rows, len(flat) - blocks * seq_len
+    blocks = BlockRows(TokenDocs.from_lists(docs), seq_len, source, positions=True)
+    return [blocks[i] for i in range(len(blocks))], blocks.dropped
 
 
 class RowDataset:
-    """A list of rows as a map-style torch dataset (no Arrow round trip: rows are already token ids)."""
+    """Rows (a list, or DocumentRows / BlockRows, which cut them from the mapped tokens when read) as a map-style
+    torch dataset."""
 
-    def __init__(self, rows: list[dict]):
+    def __init__(self, rows):
         self.rows = rows
 
     def __len__(self) -> int:
@@ -146,7 +193,7 @@ class RowDataset:
 
     @property
     def tokens(self) -> int:
-        return sum(len(r["input_ids"]) for r in self.rows)
+        return sum(len(r["input_ids"]) for r in self.rows) if isinstance(self.rows, list) else self.rows.tokens
 
 
 class IndexedRows(RowDataset):
@@ -154,7 +201,7 @@ class IndexedRows(RowDataset):
     choices are a function of (objectives.row_generators). The Trainer's epoch reaches `epoch` through
     trainer.EpochCallback; an eval set stays at epoch 0, so every evaluation masks its rows the same way."""
 
-    def __init__(self, rows: list[dict], split: str):
+    def __init__(self, rows, split: str):
         super().__init__(rows)
         self.split = SPLITS[split]
         self.epoch = 0

@@ -152,8 +152,8 @@ def memory_forecast(cfg, model, ds_config: dict[str, Any] | None, on_gpu: bool):
         cfg, zero=zero_stage(ds_config), offload=zero_offload(ds_config),
         gpus=int(os.environ.get("WORLD_SIZE") or 1), overhead=None if on_gpu else "0",
         attention="flash" if str(attention).startswith("flash") else "eager" if attention == "eager" else "sdpa",
-        adapter=adapter_memory_fields(model), precision=_precision(model))
-    return estimate(mem_cfg, spec=spec, with_plans=False), spec
+        adapter=adapter_memory_fields(model), precision=_precision(model), device="cuda" if on_gpu else "cpu")
+    return estimate(mem_cfg, spec=spec), spec
 
 
 PEFT_METHODS = {"LORA": "lora", "IA3": "ia3", "PROMPT_TUNING": "prompt-tuning", "P_TUNING": "p-tuning",

@@ -22,30 +22,32 @@ class PretrainResult(RunResult):
 
 # -------------------------------------------------------------------------------------------------------- data
 
-def build_rows(cfg: PretrainConfig, tokenizer, source: str, warnings: list[str], docs=None):
-    if docs is None:
-        documents = data.read_documents(source, cfg.text_field, tokenizer,
-                                        add_special_tokens=cfg.objective == "masked-lm",
-                                        append_eos=cfg.objective in ("causal-lm", "prefix-lm"))
-        warnings.extend(documents.warnings)
-        if documents.prepacked:
-            return documents.docs, [{"input_ids": d} for d in documents.docs]
-        docs = documents.docs
+def read_documents(cfg: PretrainConfig, tokenizer, source: str, run: Run) -> data.Documents:
+    documents = data.read_documents(source, cfg.text_field, tokenizer, add_special_tokens=cfg.objective == "masked-lm",
+                                    append_eos=cfg.objective in ("causal-lm", "prefix-lm"), num_proc=cfg.num_proc,
+                                    cache_dir=cfg.data_cache, revision=cfg.data_revision, seed=cfg.seed)
+    run.warnings.extend(documents.warnings)
+    return documents
+
+
+def build_rows(cfg: PretrainConfig, docs, source: str, warnings: list[str], prepacked: bool = False):
+    """The training rows of these documents for --pack / --padding-free / unpacked (a pre-packed dir: its rows)."""
     seq_len = cfg.seq_len
-    if cfg.padding_free:
-        rows, dropped = data.pack_padding_free(docs, seq_len, source)
-    elif cfg.pack:
-        rows, dropped = data.pack(docs, seq_len, source)
+    dropped = 0
+    if prepacked:
+        rows = data.DocumentRows(docs, None)
+    elif cfg.padding_free or cfg.pack:
+        rows = data.BlockRows(docs, seq_len, source, positions=cfg.padding_free)
+        dropped = rows.dropped
     else:
         min_len = {"causal-lm": 2, "prefix-lm": 2, "masked-lm": 1, "seq2seq": 2}[cfg.objective]
-        rows = data.chunk(docs, seq_len - 1 if cfg.objective == "seq2seq" else seq_len, min_len)
-        dropped = 0
-        if not rows:
+        rows = data.DocumentRows(docs, seq_len - 1 if cfg.objective == "seq2seq" else seq_len, min_len)
+        if not len(rows):
             raise DataError(f"{source}: every document is shorter than {min_len} tokens, too short for "
                             f"{cfg.objective}", hint="give longer documents")
     if dropped:
         warnings.append(f"{source}: the last {dropped:,} tokens do not fill a block of {seq_len} and were dropped")
-    return docs, rows
+    return rows
 
 
 def make_collator(cfg: PretrainConfig, tokenizer, model):
@@ -86,24 +88,33 @@ def train_pretrain(run: Run, eval_before: bool = True) -> PretrainResult:
                           hint="add one: tokenizer.add_special_tokens({'mask_token': '[MASK]'}) (or '<mask>'), "
                                "save it, and pass it with --tokenizer")
 
-    docs, train_rows = build_rows(cfg, tokenizer, cfg.data, run.warnings)
+    documents = read_documents(cfg, tokenizer, cfg.data, run)
+    origins = [documents.origin]   # reported once the run starts (before, stderr is an error's alone)
     eval_rows = None
     if cfg.eval_split is not None:
-        train_docs, eval_docs = data.split_eval(docs, cfg.eval_split, cfg.seed)
-        _, train_rows = build_rows(cfg, tokenizer, cfg.data, run.warnings, docs=train_docs)
-        _, eval_rows = build_rows(cfg, tokenizer, f"{cfg.data} (eval split)", run.warnings, docs=eval_docs)
-    elif cfg.eval_data:
-        _, eval_rows = build_rows(cfg, tokenizer, cfg.eval_data, run.warnings)
+        # the split re-cuts a pre-packed dir's blocks as --pack / --seq-len say, as any documents
+        train_docs, eval_docs = (documents.docs.subset(i) for i in
+                                 data.split_eval_indices(len(documents.docs), cfg.eval_split, cfg.seed))
+        train_rows = build_rows(cfg, train_docs, cfg.data, run.warnings)
+        eval_rows = build_rows(cfg, eval_docs, f"{cfg.data} (eval split)", run.warnings)
+    else:
+        train_rows = build_rows(cfg, documents.docs, cfg.data, run.warnings, documents.prepacked)
+        if cfg.eval_data:
+            evaluation = read_documents(cfg, tokenizer, cfg.eval_data, run)
+            eval_rows = build_rows(cfg, evaluation.docs, cfg.eval_data, run.warnings, evaluation.prepacked)
+            origins.append(evaluation.origin)
 
     model = run.build_or_grow(model, tokenizer, fields)
     run.check_model(model, "--padding-free" if cfg.padding_free else None)
     model = run.adapt(model)
     run.start()   # every input problem has been reported: only now touch the run directory
 
+    for origin in origins:
+        run.reporter.info(origin)
     collator = make_collator(cfg, tokenizer, model)
     # rows with their (split, epoch, index): the objectives' randomness is a function of them (exact resume)
     train_set = data.IndexedRows(train_rows, "train")
-    eval_set = data.IndexedRows(eval_rows, "eval") if eval_rows else None
+    eval_set = data.IndexedRows(eval_rows, "eval") if eval_rows is not None and len(eval_rows) else None
     args = run.training_arguments(has_eval=eval_set is not None)
     total, trainable = run.parameters
     run.reporter.info(f"{cfg.objective}: {type(model).__name__} with {total:,} parameters ({trainable:,} trainable); "

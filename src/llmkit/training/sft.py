@@ -12,11 +12,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from llmkit.config import SFTConfig
 from llmkit.data import sft as sftdata
-from llmkit.training.data import RowDataset, split_eval
+from llmkit.data import sft_store
+from llmkit.training.data import split_eval
 from llmkit.training.objectives import NUM_TOKENS, BatchCollator, make_loss
 from llmkit.training.run import ModelAdapter, Run, RunResult
 from llmkit.training.tasks import TaskResult, run_task
@@ -253,15 +255,16 @@ def train_sft(run: Run) -> SFTResult:
     if added:
         run.warnings.append(f"added the template's tokens {', '.join(added)} to the tokenizer (embeddings grow)")
 
-    encoded = sftdata.encode_source(cfg, tokenizer, name, template, cfg.data)
+    store = sft_store.stored_examples(cfg, tokenizer, name, template, cfg.data, run.reporter)
+    encoded = store.summary
     run.warnings.extend(encoded.warnings)
-    train_examples, eval_examples = encoded.examples, None
+    train_examples, eval_store, eval_examples = np.arange(len(store)), store, None
     if cfg.eval_split is not None:
-        train_examples, eval_examples = split_conversations(encoded.examples, cfg.eval_split, cfg.seed)
+        train_examples, eval_examples = split_conversations(store.rows, cfg.eval_split, cfg.seed)
     elif cfg.eval_data:
-        eval_encoded = sftdata.encode_source(cfg, tokenizer, name, template, cfg.eval_data)
-        run.warnings.extend(eval_encoded.warnings)
-        eval_examples = eval_encoded.examples
+        eval_store = sft_store.stored_examples(cfg, tokenizer, name, template, cfg.eval_data, run.reporter)
+        run.warnings.extend(eval_store.summary.warnings)
+        eval_examples = np.arange(len(eval_store))
 
     model = run.build_or_grow(model, tokenizer, fields)
     run.check_model(model, "--pack" if cfg.pack else None)
@@ -270,16 +273,17 @@ def train_sft(run: Run) -> SFTResult:
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     collator = PackedSFTCollator(pad) if cfg.pack else SFTCollator(pad)
-    train_rows = sftdata.pack_examples(train_examples, cfg.seq_len) if cfg.pack else _rows(train_examples)
-    train_set = RowDataset(train_rows)
-    eval_set = RowDataset(_rows(eval_examples)) if eval_examples else None
+    train_set = (sft_store.PackedSFTRows(store, train_examples, cfg.seq_len) if cfg.pack
+                 else sft_store.SFTRows(store, train_examples))
+    eval_set = sft_store.SFTRows(eval_store, eval_examples) if eval_examples is not None else None
     args = run.training_arguments(has_eval=eval_set is not None)
-    trained_tokens = sum(e.trained for e in train_examples)
+    trained_tokens = int(store.trained[train_examples].sum())
     total, trainable = run.parameters
     run.reporter.info(f"sft ({encoded.format}, template {name}, multi-turn {cfg.multi_turn}): "
                       f"{type(model).__name__} with {total:,} parameters ({trainable:,} trainable); "
                       f"{len(train_examples):,} examples, {trained_tokens:,} trained of "
-                      f"{sum(len(e.input_ids) for e in train_examples):,} tokens"
+                      f"{int(store.lengths[train_examples].sum()):,} tokens"
+                      + (" (cached)" if store.reused else "")
                       + (f" in {len(train_set):,} packed blocks" if cfg.pack else ""))
     run.forecast_memory(model, args)
     trainer = LlmkitTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
@@ -312,17 +316,14 @@ def train_sft(run: Run) -> SFTResult:
         trained_tokens=trained_tokens, trained_tokens_per_second=round(trained_rate, 1))
 
 
-def _rows(examples: list[sftdata.Example]) -> list[dict]:
-    return [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
-
-
-def split_conversations(examples: list[sftdata.Example], eval_split: float,
-                        seed: int) -> tuple[list[sftdata.Example], list[sftdata.Example]]:
-    """--eval-split holds out whole conversations: every example of a record (the replies --multi-turn expand
-    makes of it) lands on the same side, so no held-out turn is trained on."""
-    _, eval_rows = split_eval(list(dict.fromkeys(e.row for e in examples)), eval_split, seed)
-    held = set(eval_rows)
-    return [e for e in examples if e.row not in held], [e for e in examples if e.row in held]
+def split_conversations(rows, eval_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """--eval-split holds out whole conversations: (train, eval) indices into `rows` (each example's source row),
+    so every example of a record (the replies --multi-turn expand makes of it) lands on the same side and no
+    held-out turn is trained on."""
+    rows = np.asarray(rows, dtype=np.int64)
+    _, eval_rows = split_eval(list(dict.fromkeys(rows.tolist())), eval_split, seed)
+    held = np.isin(rows, np.asarray(eval_rows, dtype=np.int64))
+    return np.flatnonzero(~held), np.flatnonzero(held)
 
 
 def _padded_eval_loader(trainer, eval_set, pad: int):
