@@ -135,6 +135,13 @@ def _hash_files(digest, root: Path, files: list[Path]) -> None:
         _hash_file(digest, file)
 
 
+def file_digest(path: Path) -> str:
+    """The blake2b digest of one file's bytes, read (not mapped: checking an entry leaves none of it resident)."""
+    digest = hashlib.blake2b(digest_size=20)
+    _hash_file(digest, path)
+    return digest.hexdigest()
+
+
 def _hash_file(digest, path: Path) -> None:
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK):

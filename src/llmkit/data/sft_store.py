@@ -15,7 +15,6 @@ are read the way llmkit.data.loading reads them.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 from collections import deque
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from llmkit.data import sft as sftdata
+from llmkit.data.cache import cached_entry, entry_key, file_digest, read_marker
 from llmkit.errors import DataError, LlmkitError
 
 EXAMPLES_FILE = "examples.arrow"
@@ -207,13 +207,6 @@ def _batch(results: list[dict], id_type: np.dtype):
 _SCHEMA_FIELDS = ("input_ids", "trained_runs", "row", "trained")
 
 
-def _file_digest(path: Path) -> str:
-    # read, not mapped: checking an entry leaves none of it resident in this process
-    digest = hashlib.blake2b(digest_size=20)
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _build(cfg, tokenizer, template_name: str, template: str, source: str, num_proc: int, reporter):
@@ -256,13 +249,13 @@ def _build(cfg, tokenizer, template_name: str, template: str, source: str, num_p
             if unwritten:
                 writer.write_batch(_batch(unwritten, id_type))
         return {**counts, "format": fmt, "examples": examples, "tokens": tokens, "trained_tokens": trained,
-                "digest": _file_digest(scratch / EXAMPLES_FILE)}
+                "digest": file_digest(scratch / EXAMPLES_FILE)}
 
     return build
 
 
 def _intact(entry: Path, info: dict) -> bool:
-    return _file_digest(entry / EXAMPLES_FILE) == info.get("digest") and \
+    return file_digest(entry / EXAMPLES_FILE) == info.get("digest") and \
         StoredExamples.open(entry, info).tokens == info["tokens"]
 
 
@@ -275,7 +268,6 @@ def stored_examples(cfg, tokenizer, template_name: str, template: str, source: s
                     reporter=None) -> StoredExamples:
     """The examples of `source`, from the cache entry of these inputs (built first when missing or not intact);
     the summary's warnings and errors are encode_source's."""
-    from llmkit.data.cache import cached_entry, entry_key, read_marker
     from llmkit.ui import SilentReporter
 
     key = entry_key("sft", sources=[source], tokenizer=tokenizer, settings=settings(cfg, template_name, template))
