@@ -14,6 +14,7 @@ _llmkit() {
             "tokenize:vocab") path="tokenize vocab" ;;
             ":completion") path="completion" ;;
             ":env") path="env" ;;
+            ":eval") path="eval" ;;
             ":generate") path="generate" ;;
             ":launch") path="launch" ;;
             ":memory-estimate") path="memory-estimate" ;;
@@ -33,6 +34,55 @@ _llmkit() {
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "env")
             COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
+            [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
+        "eval")
+            case "$prev" in
+                --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --device) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --adapter) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --task) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --dtype) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --seed) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-new-tokens) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --min-new-tokens) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --min-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --num-beams) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --num-return-sequences) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --length-penalty) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --no-repeat-ngram-size) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --temperature) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --top-k) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --top-p) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --min-p) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --typical-p) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --repetition-penalty) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --stop) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --metric) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --limit) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --batch-size|-b) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --harness) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --seq-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --stride) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --chat-template) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --system) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --prompt-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --completion-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --text-pair-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --label-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --tokens-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --tags-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --question-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --context-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --answers-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --doc-stride) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-answer-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+            esac
+            COMPREPLY=($(compgen -W "--model -m --device --adapter --task --dtype --load-in-8bit --load-in-4bit --text-field --seed --trust-remote-code --max-new-tokens --min-new-tokens --max-length --min-length --do-sample --greedy --num-beams --num-return-sequences --length-penalty --early-stopping --no-early-stopping --no-repeat-ngram-size --temperature --top-k --top-p --min-p --typical-p --repetition-penalty --stop --compare --data --metric --limit --batch-size -b --harness --seq-len --stride --chat-template --system --prompt-field --completion-field --text-pair-field --label-field --tokens-field --tags-field --label-all-subtokens --question-field --context-field --answers-field --doc-stride --max-answer-length --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "generate")
             case "$prev" in
@@ -470,7 +520,7 @@ _llmkit() {
             COMPREPLY=($(compgen -W "dataset show stats train vocab --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "")
-            COMPREPLY=($(compgen -W "completion env generate launch memory-estimate merge peft presets pretrain quantize quickstart sft tokenize --version --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "completion env eval generate launch memory-estimate merge peft presets pretrain quantize quickstart sft tokenize --version --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
     esac
 }

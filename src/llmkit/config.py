@@ -277,9 +277,9 @@ class TokenizeDatasetConfig(RemoteCodeArgs, TextFieldArgs, OutputArgs, Tokenizer
         self._tokenizer_problems(problems)
         if not self.data:
             problems.append("--data is required")
-        from llmkit.data.sources import spec_problems
+        from llmkit.data.sources import revision_problems, spec_problems
 
-        problems += spec_problems(self.data, "--data")
+        problems += spec_problems(self.data, "--data") + revision_problems(self.data_revision, self.data)
         _positive(problems, "--max-length", self.max_length)
         _positive(problems, "--num-proc", self.num_proc)
         if self.pack and self.max_length is None:
@@ -490,11 +490,12 @@ class DataArgs:
                                        "and the settings (default: $LLMKIT_CACHE or ~/.cache/llmkit).")
 
     def _data_problems(self, problems: list[str]) -> None:
-        from llmkit.data.sources import spec_problems
+        from llmkit.data.sources import eval_spec_problems, revision_problems, spec_problems
 
         if not self.data:
             problems.append("--data is required")
-        problems += spec_problems(self.data, "--data") + spec_problems(self.eval_data, "--eval-data")
+        problems += spec_problems(self.data, "--data") + eval_spec_problems(self.eval_data)
+        problems += revision_problems(self.data_revision, self.data, self.eval_data)
         _positive(problems, "--num-proc", self.num_proc)
         _positive(problems, "--seq-len", self.seq_len)
         if self.seq_len is not None and 0 < self.seq_len < 4:
@@ -1216,6 +1217,87 @@ class MergeConfig(RemoteCodeArgs, OutputArgs, MergeSourceArgs):
         if not _SHARD_SIZE.fullmatch(str(self.max_shard_size)) or not int(re.sub(r"\D", "", str(self.max_shard_size))):
             problems.append(f"--max-shard-size {self.max_shard_size!r} is not a size save_pretrained takes: a whole "
                             "number and a unit, e.g. 2GB, 500MB, 4GiB")
+        validate(problems)
+
+
+# ------------------------------------------------------------------------------------------------------- eval
+
+# each metric and the model tasks (generate --task names) it fits; the first that fits a model is its default
+EVAL_METRICS = {"perplexity": ("text-generation",), "accuracy": ("text-classification",),
+                "entity-f1": ("token-classification",), "squad": ("question-answering",),
+                "rouge": ("summarization", "translation", "text-generation"),
+                "bleu": ("translation", "summarization", "text-generation"),
+                "chrf": ("translation", "summarization", "text-generation"),
+                "exact-match": ("text-generation", "summarization", "translation")}
+GENERATION_METRICS = ("rouge", "bleu", "chrf", "exact-match")
+
+
+@config_class
+class EvalConfig(DecodingArgs, RemoteCodeArgs, SeedArgs, TextFieldArgs, ModelLoadArgs):
+    """`llmkit eval`: one model (or two, --compare A B) on a dataset. Its model loading and decoding blocks are
+    those of generate, so the model is loaded, and generates, exactly as `llmkit generate` would."""
+
+    PANEL: ClassVar[str] = "What is evaluated"
+    preset_kind: ClassVar[str] = "eval"
+    models: tuple[str, ...] = opt((), "--compare: the two models (dirs, hub ids, or adapter dirs).", positional=True,
+                                  source="model")
+    compare: bool = opt(False, "Evaluate the two models given as arguments side by side, with the deltas.")
+    data: str = opt("", "Evaluation data: jsonl, json, csv, parquet, txt, a directory, a `llmkit tokenize dataset` "
+                        "dir or a hub dataset (NAME[:CONFIG[:SPLIT]]).", source="data")
+    metric: tuple[str, ...] = opt((), f"Comma-separated: {', '.join(EVAL_METRICS)} (default: perplexity for a "
+                                      "causal LM, the head's metrics for a classifier, NER or QA model, rouge for "
+                                      "an encoder-decoder).", parse=_comma("--metric"))
+    limit: int | None = opt(None, "Evaluate only the first N documents or rows.")
+    batch_size: int = opt(8, "Windows, rows or prompts per forward pass.", short="-b")
+    harness: tuple[str, ...] = opt((), "Comma-separated lm-eval harness tasks run on the same loaded model (needs "
+                                       "lm-eval).", parse=_comma("--harness"))
+    seq_len: int | None = opt(None, "perplexity: tokens per window (default: the model's context, at most 1024); "
+                                    "task heads: the longest input (default 512, as sft).")
+    stride: int | None = opt(None, "perplexity: a sliding window that moves this many tokens, so every token is "
+                                   "scored once with up to --seq-len minus --stride tokens of context (default: "
+                                   "packed --seq-len blocks, as pretrain --pack).")
+    chat_template: str | None = redefault(PromptArgs, "chat_template", None)
+    system: str | None = opt(None, "Generation metrics: a system message for models with a chat template.")
+    prompt_field: str = redefault(SFTConfig, "prompt_field", "prompt")
+    completion_field: str = opt("completion", "Generation metrics: the reference column.")
+    text_pair_field: str | None = redefault(SFTConfig, "text_pair_field", None)
+    label_field: str = redefault(SFTConfig, "label_field", "label")
+    tokens_field: str = redefault(SFTConfig, "tokens_field", "tokens")
+    tags_field: str = redefault(SFTConfig, "tags_field", "tags")
+    label_all_subtokens: bool = redefault(SFTConfig, "label_all_subtokens", False)
+    question_field: str = redefault(SFTConfig, "question_field", "question")
+    context_field: str = redefault(SFTConfig, "context_field", "context")
+    answers_field: str = redefault(SFTConfig, "answers_field", "answers")
+    doc_stride: int | None = redefault(SFTConfig, "doc_stride", None)
+    max_answer_length: int = redefault(SFTConfig, "max_answer_length", 30)
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if self.compare:
+            if len(self.models) != 2:
+                problems.append(f"--compare takes two models: llmkit eval --compare A B (got {len(self.models)})")
+            if self.model or self.adapter:
+                problems.append("--compare names both models as arguments: drop -m/--model and --adapter")
+        elif self.models:
+            problems.append(f"unexpected argument(s) {' '.join(self.models)}: give the model with -m, or two "
+                            "models with --compare A B")
+        elif not self.model and not self.adapter:
+            problems.append("--model is required")
+        if not self.data and not self.harness:
+            problems.append("--data is required (or --harness TASKS)")
+        unknown = [m for m in self.metric if m not in EVAL_METRICS]
+        if unknown:
+            problems.append(f"--metric: unknown {', '.join(unknown)}; choose from {', '.join(EVAL_METRICS)}")
+        for flag, value in (("--batch-size", self.batch_size), ("--limit", self.limit), ("--stride", self.stride),
+                            ("--doc-stride", self.doc_stride), ("--max-answer-length", self.max_answer_length)):
+            _positive(problems, flag, value)
+        if self.seq_len is not None and self.seq_len < 2:
+            problems.append(f"--seq-len must be at least 2 (got {self.seq_len}): perplexity needs a next token")
+        if self.stride is not None and self.seq_len is not None and self.stride > self.seq_len:
+            problems.append(f"--stride {self.stride} is more than --seq-len {self.seq_len}: tokens between the "
+                            "windows would never be scored")
+        self._decoding_problems(problems)
+        self._load_problems(problems)
         validate(problems)
 
 

@@ -40,6 +40,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                        "equal."),
     "generate": ("generate", "Generate with a causal, encoder-decoder or masked LM: stream a completion, answer a "
                              "chat message, chat, or run a JSONL batch."),
+    "eval": ("eval", "Evaluate a model on a dataset: perplexity (packed or sliding window), a task head's metrics, "
+                     "or generation metrics (ROUGE, BLEU, chrF, exact match); --compare A B puts two models side by "
+                     "side."),
     "memory-estimate": ("memory_estimate", "Memory per GPU for training or inference: weights, gradients, "
                                            "optimizer, activations, overhead."),
     "launch": ("launch", "Run a training command (pretrain, sft, peft) on several processes or nodes with "

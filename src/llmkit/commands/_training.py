@@ -20,6 +20,14 @@ def render_run(title: str, result, rows: list[tuple[str, str]], closing: str | N
         table.add_row("final train loss", f"{result.train_loss:.4f}")
     for what, value in rows:
         table.add_row(what, value)
+    for source in result.eval_by_source or []:
+        before = f" (before: {source['initial_eval_loss']:.4f})" if source["initial_eval_loss"] is not None else ""
+        after = "-" if source["eval_loss"] is None else f"{source['eval_loss']:.4f}"
+        table.add_row(f"eval loss {source['name']}", f"{after}{before} on {source['source']}")
+    for source in result.data_mix or []:
+        weight = "" if source["weight"] is None else f", weight {source['weight']:g}"
+        table.add_row(f"mix: {source['source']}", f"{source['share_of_tokens']:.1%} of tokens: {source['rows']:,} "
+                                                  f"rows, {source['tokens']:,} tokens{weight}")
     out.print(table)
     out.print("written:", markup=False)
     for name, path in result.files.items():

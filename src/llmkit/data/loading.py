@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.data import sources as data_sources
-from llmkit.data.sources import COMPRESSIONS, file_kind, has_data_suffix
+from llmkit.data.sources import COMPRESSIONS, GLOB_CHARS, file_kind, has_data_suffix
 from llmkit.errors import ConfigError, DataError, LlmkitError
 from llmkit.hub import in_hub_cache, looks_like_local_path, require_hub
 
 SHARD_BUILDERS = {"jsonl": "json", "json": "json", "parquet": "parquet", "csv": "csv"}   # `datasets` builders
 SUPPORTED = ("jsonl, json, csv, parquet, txt (text files also .gz or .zst), a directory or glob of shards, a saved "
              "datasets dir, or a hub dataset name")
-GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 def _is_saved_dataset(path: Path) -> bool:

@@ -669,7 +669,8 @@ def load_records(cfg, source: str):
     # and content parts in others, and gives every tool call's arguments the keys of all the others (as None)
     readers = {"jsonl": read_jsonl, "json": read_json}
     kind = source_kind(source)
-    records = readers[kind](Path(source).expanduser()) if kind in readers else load_table(source).to_list()
+    records = readers[kind](Path(source).expanduser()) if kind in readers else \
+        load_table(source, revision=cfg.data_revision, seed=cfg.seed).to_list()
     if not records:
         raise DataError(f"{source} holds no records", hint="give a file with at least one record")
     columns = list(dict.fromkeys(column for record in records for column in record))

@@ -26,6 +26,7 @@ import numpy as np
 
 from llmkit.data import sft as sftdata
 from llmkit.data.cache import cached_entry, entry_key, file_digest, read_marker
+from llmkit.data.sources import Mixed, is_mix, parse_spec
 from llmkit.errors import DataError, LlmkitError
 
 EXAMPLES_FILE = "examples.arrow"
@@ -79,13 +80,14 @@ def _batched(items, size: int) -> Iterator[list]:
         yield batch
 
 
-def _record_chunks(cfg, source: str) -> tuple[str, Iterator[tuple[int, list]], Path | None]:
+def _record_chunks(cfg, source: str) -> tuple[str, Iterator[tuple[int, list]], Path | None, Mixed | None]:
     """(format, chunks of (first row, payload), the jsonl file whose lines the payloads are, or None when they are
-    records). An uncompressed jsonl file is read as it goes, and its format detected from the columns of its first
-    chunk; any other source's from all of them."""
-    from llmkit.data.loading import COMPRESSIONS, load_table, read_json, read_jsonl, source_kind
+    records; the mix when `source` is one). An uncompressed jsonl file is read as it goes, and its format detected
+    from the columns of its first chunk; any other source's from all of them."""
+    from llmkit.data.loading import COMPRESSIONS, load_mixed, load_table, read_json, read_jsonl, source_kind
 
     kind = source_kind(source)
+    mixed = None
     path = Path(source).expanduser()
     if kind == "jsonl" and path.suffix.lower() not in COMPRESSIONS:
         line_chunks = _batched(_jsonl_lines(path), CHUNK_RECORDS)
@@ -104,7 +106,11 @@ def _record_chunks(cfg, source: str) -> tuple[str, Iterator[tuple[int, list]], P
             for start in range(0, len(records), CHUNK_RECORDS):
                 yield start, records[start:start + CHUNK_RECORDS]
     else:
-        table = load_table(source)
+        if kind == "mix":
+            mixed = load_mixed(source, revision=cfg.data_revision, seed=cfg.seed)
+            table = mixed.table
+        else:
+            table = load_table(source, revision=cfg.data_revision)
         records = table.select(range(min(len(table), CHUNK_RECORDS))).to_list()
         columns_of, lines_of = list(table.column_names), None
 
@@ -114,7 +120,7 @@ def _record_chunks(cfg, source: str) -> tuple[str, Iterator[tuple[int, list]], P
     if not records:
         raise DataError(f"{source} holds no records", hint="give a file with at least one record")
     columns = columns_of or list(dict.fromkeys(column for record in records for column in record))
-    return sftdata.detect_format(cfg, columns, records, source), chunks(), lines_of
+    return sftdata.detect_format(cfg, columns, records, source), chunks(), lines_of, mixed
 
 
 # -------------------------------------------------------------------------------------------------- encoding
@@ -213,11 +219,12 @@ def _build(cfg, tokenizer, template_name: str, template: str, source: str, num_p
     def build(scratch: Path) -> dict:
         import pyarrow as pa
 
-        fmt, chunks, lines_of = _record_chunks(cfg, source)
+        fmt, chunks, lines_of, mixed = _record_chunks(cfg, source)
         job = (cfg, tokenizer, template_name, template, fmt, source, lines_of)
         counts = {"records": 0, "dropped": {}, "truncated": 0, "trailing": 0, "rewritten": 0,
                   "end_token_id": None, "end_token_known": False}
         examples = tokens = trained = 0
+        example_rows, example_lengths = [], []   # for the mix's share of each source
         unwritten: list[dict] = []
         # two bytes a token when the vocabulary allows (most do not exceed 65,536 ids), else four
         id_type = np.dtype(np.uint16 if len(tokenizer) <= 1 << 16 else np.int32)
@@ -243,19 +250,24 @@ def _build(cfg, tokenizer, template_name: str, template: str, source: str, num_p
                     writer.write_batch(_batch(unwritten, id_type))
                     unwritten = []
                 examples += len(result["lengths"])
+                if mixed is not None:
+                    example_rows.append(result["rows"])
+                    example_lengths.append(result["lengths"])
                 tokens += int(result["lengths"].sum())
                 trained += int(result["trained"].sum())
                 advance(chunk["records"])
             if unwritten:
                 writer.write_batch(_batch(unwritten, id_type))
+        mix = None if mixed is None else mixed.training_shares(np.concatenate([[], *example_rows]),
+                                                               np.concatenate([[], *example_lengths]))
         return {**counts, "format": fmt, "examples": examples, "tokens": tokens, "trained_tokens": trained,
-                "digest": file_digest(scratch / EXAMPLES_FILE)}
+                "digest": file_digest(scratch / EXAMPLES_FILE), "mix": mix}
 
     return build
 
 
 def _intact(entry: Path, info: dict) -> bool:
-    return file_digest(entry / EXAMPLES_FILE) == info.get("digest") and \
+    return file_digest(entry / EXAMPLES_FILE) == info.get("digest") and "mix" in info and \
         StoredExamples.open(entry, info).tokens == info["tokens"]
 
 
@@ -270,13 +282,17 @@ def stored_examples(cfg, tokenizer, template_name: str, template: str, source: s
     the summary's warnings and errors are encode_source's."""
     from llmkit.ui import SilentReporter
 
-    key = entry_key("sft", sources=[source], tokenizer=tokenizer, settings=settings(cfg, template_name, template))
+    mixed = is_mix(source)
+    key = entry_key("sft", sources=[s.name for s in parse_spec(source)] if mixed else [source], tokenizer=tokenizer,
+                    settings={**settings(cfg, template_name, template), "data": source,
+                              "revision": cfg.data_revision, "seed": cfg.seed if mixed else None})
     num_proc = cfg.num_proc or default_num_proc()
     entry, reused = cached_entry("sft", key, _build(cfg, tokenizer, template_name, template, source, num_proc,
                                                     reporter or SilentReporter()),
                                  check=_intact, cache_dir=cfg.data_cache)
-    stored = StoredExamples.open(entry, read_marker(entry, key), reused=reused, template_name=template_name,
-                                 template=template)
+    info = read_marker(entry, key)
+    stored = StoredExamples.open(entry, info, reused=reused, template_name=template_name, template=template)
+    stored.mix = info["mix"]
     stored.summary.warnings.extend(sftdata.conversation_warnings(stored.summary, source))
     sftdata.finish_source(stored.summary, cfg, source, len(stored))
     return stored
@@ -296,6 +312,7 @@ class StoredExamples:
     reused: bool = False
     _batches: list = field(default_factory=list, repr=False)   # (ids, id offsets, runs, run offsets) per batch
     _batch_starts: np.ndarray = field(default=None, repr=False)
+    mix: list[dict] | None = None        # a mix's examples and tokens per source (llmkit.data.sources.Mixed)
 
     @classmethod
     def open(cls, entry: Path, info: dict, reused: bool = False, template_name: str = "",

@@ -25,6 +25,7 @@ PROVENANCE = "__llmkit_source"   # a column that records each mixed row's source
 MIX_STRATEGY = "all_exhausted"
 # a last `:`-part that starts like a number is meant as a weight, even when it does not parse as one ("0.3x", "-1")
 _NUMBERISH = re.compile(r"[-+]?(\d|\.\d)")
+GLOB_CHARS = re.compile(r"[*?\[]")
 FILE_KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet",
               ".txt": "txt", ".text": "txt", ".md": "txt"}
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}    # on a text file: x.jsonl.gz, x.json.gz, x.jsonl.zst
@@ -106,6 +107,56 @@ def spec_problems(text: str | None, flag: str) -> list[str]:
     return []
 
 
+def eval_spec_problems(text: str | None, flag: str = "--eval-data") -> list[str]:
+    """What is wrong with an --eval-data spec: each of its sources is evaluated on its own, so none has a weight."""
+    problems = spec_problems(text, flag)
+    if text and not problems and any(s.weight is not None for s in parse_spec(text, flag)):
+        problems.append(f"{flag}: each source is evaluated on its own (eval_<name>_loss), so weights do not apply; "
+                        f"list the sources without them, e.g. {flag} a.jsonl,b.jsonl")
+    return problems
+
+
+def is_hub_name(name: str) -> bool:
+    """A source that names a hub dataset (`org/name`, `name:config:split`): not a local path, file name or glob."""
+    return not (_is_local_file_name(name.partition(":")[0]) or GLOB_CHARS.search(name))
+
+
+def revision_problems(revision: str | None, *specs: str | None) -> list[str]:
+    """--data-revision is a hub dataset's branch, tag or commit: refused when no source of `specs` is a hub dataset
+    (a local file has no revision; silently ignoring it would hide a wrong --data)."""
+    if revision is None:
+        return []
+    try:
+        names = [s.name for spec in specs if spec for s in parse_spec(spec)]
+    except ConfigError:   # spec_problems reports it
+        return []
+    if not names or any(is_hub_name(n) for n in names):
+        return []
+    return [f"--data-revision {revision} applies to hub datasets, and every source is local "
+            f"({', '.join(names)})"]
+
+
+def eval_names(sources: list[Source]) -> list[str]:
+    """Each eval source's name in the metrics (eval_<name>_loss): its file or directory name without data suffixes
+    (a glob: the directory it is in; a hub dataset: its name, config and split), characters other than letters,
+    digits, - and _ made _, a repeated name numbered (train, train_2)."""
+    names: list[str] = []
+    for source in sources:
+        path = Path(source.name.rstrip("/"))
+        if GLOB_CHARS.search(path.name):
+            path = path.parent
+        stem = path.name
+        while Path(stem).suffix.lower() in {*FILE_KINDS, *COMPRESSIONS}:
+            stem = Path(stem).stem
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_") or "eval"
+        name, n = stem, 1
+        while name in names:
+            n += 1
+            name = f"{stem}_{n}"
+        names.append(name)
+    return names
+
+
 def is_mix(text: str) -> bool:
     sources = parse_spec(text)
     return len(sources) > 1 or sources[0].weight is not None
@@ -130,10 +181,25 @@ class Mixed:
     sources: list[SourceShare]
     strategy: str             # "concatenate" or the interleave stopping strategy
     dropped_columns: dict[str, list[str]] = field(default_factory=dict)   # source -> columns others lack
+    row_sources: object = None   # numpy int array: the index (into `sources`) of each row's source
 
     def realised(self) -> list[dict]:
         return [{"source": s.source, "weight": s.weight, "rows": s.rows, "drawn": s.drawn,
                  "share": round(s.share, 6), "passes": round(s.passes, 4)} for s in self.sources]
+
+    def training_shares(self, rows, tokens) -> list[dict]:
+        """The mix training sees, per source: {source, weight, rows, tokens, share_of_tokens} of the training rows
+        (documents, examples) made of the mix's rows `rows`, holding `tokens` tokens each (a row may make none:
+        an empty document, a dropped conversation; or several: --multi-turn expand)."""
+        import numpy as np
+
+        of_source = np.asarray(self.row_sources)[np.asarray(rows, dtype=np.int64)]
+        count = np.bincount(of_source, minlength=len(self.sources))
+        held = np.bincount(of_source, weights=np.asarray(tokens, dtype=np.float64), minlength=len(self.sources))
+        total = float(held.sum())
+        return [{"source": s.source, "weight": s.weight, "rows": int(count[k]), "tokens": int(held[k]),
+                 "share_of_tokens": round(float(held[k]) / total, 6) if total else 0.0}
+                for k, s in enumerate(self.sources)]
 
 
 def _common_columns(tables: list, names: list[str]) -> tuple[list, dict[str, list[str]]]:
@@ -173,8 +239,10 @@ def mix(tables: list, weights: list[float] | None, seed: int, names: list[str]) 
         mixed = datasets.interleave_datasets(tagged, probabilities=[w / total for w in weights], seed=seed,
                                              stopping_strategy=MIX_STRATEGY)
         strategy = MIX_STRATEGY
-    drawn = np.bincount(np.asarray(mixed[PROVENANCE], dtype=np.int64), minlength=len(tables))
+    row_sources = np.asarray(mixed[PROVENANCE], dtype=np.int64)
+    drawn = np.bincount(row_sources, minlength=len(tables))
     shares = [SourceShare(source=name, weight=None if weights is None else weights[k], rows=len(tables[k]),
                           drawn=int(drawn[k]), share=float(drawn[k]) / len(mixed))
               for k, name in enumerate(names)]
-    return Mixed(table=mixed.remove_columns(PROVENANCE), sources=shares, strategy=strategy, dropped_columns=dropped)
+    return Mixed(table=mixed.remove_columns(PROVENANCE), sources=shares, strategy=strategy, dropped_columns=dropped,
+                 row_sources=row_sources)

@@ -30,8 +30,9 @@ IGNORE = -100
 
 # --------------------------------------------------------------------------------------------------- records
 
-def read_records(source: str) -> list[dict[str, Any]]:
-    """Every record of `source` as a dict, values as written (JSON keeps ints, floats and lists apart)."""
+def read_records(source: str, revision: str | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """Every record of `source` as a dict, values as written (JSON keeps ints, floats and lists apart); `revision`:
+    a hub dataset's, `seed`: a weighted mix's draw."""
     from llmkit.data.loading import load_table, read_json, read_jsonl, source_kind
 
     kind = source_kind(source)
@@ -41,7 +42,7 @@ def read_records(source: str) -> list[dict[str, Any]]:
             raise DataError(f"no such file: {source}", hint="check the path")
         rows = (read_jsonl if kind == "jsonl" else read_json)(path)
     else:
-        rows = load_table(source).to_list()
+        rows = load_table(source, revision=revision, seed=seed).to_list()
     if not rows:
         raise DataError(f"{source} holds no records", hint="give a file with at least one record")
     return rows

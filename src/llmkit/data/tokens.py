@@ -18,7 +18,8 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from llmkit.data.cache import cached_entry, entry_key
+from llmkit.data.cache import cached_entry, entry_key, read_marker
+from llmkit.data.sources import Mixed
 from llmkit.errors import DataError
 
 TOKENS_FILE = "tokens.arrow"
@@ -244,6 +245,7 @@ class CachedTokens:
     docs: TokenDocs
     entry: Path
     reused: bool
+    mix: list[dict] | None = None   # a mix's documents and tokens per source (llmkit.data.sources.Mixed)
 
 
 def cached_tokens(sources: list[str], load_dataset, text_field: str, tokenizer, *, add_special_tokens: bool,
@@ -251,7 +253,8 @@ def cached_tokens(sources: list[str], load_dataset, text_field: str, tokenizer, 
                   source_settings: dict | None = None) -> CachedTokens:
     """The text column of the dataset that `load_dataset()` makes of `sources` tokenized: from the cache when an
     entry for the same data, tokenizer and settings (`source_settings`: how the sources become one dataset) is
-    intact, else tokenized now into a new entry."""
+    intact, else tokenized now into a new entry. `load_dataset()` may return a llmkit.data.sources.Mixed: the entry
+    then also records the documents and tokens each source gave."""
     settings = {"text_field": text_field, "add_special_tokens": add_special_tokens, "append_eos": append_eos,
                 **(source_settings or {})}
     key = entry_key("tokens", sources=sources, tokenizer=tokenizer, settings=settings)
@@ -259,14 +262,19 @@ def cached_tokens(sources: list[str], load_dataset, text_field: str, tokenizer, 
 
     def build(scratch: Path) -> dict:
         set_tokenizer_threads(num_proc)
-        batches = text_batches(load_dataset(), text_field, source)
-        return write_tokens(batches, tokenizer, scratch / TOKENS_FILE, add_special_tokens=add_special_tokens,
-                            append_eos=append_eos).info
+        loaded = load_dataset()
+        mixed = loaded if isinstance(loaded, Mixed) else None
+        batches = text_batches(loaded if mixed is None else mixed.table, text_field, source)
+        written = write_tokens(batches, tokenizer, scratch / TOKENS_FILE, add_special_tokens=add_special_tokens,
+                               append_eos=append_eos)
+        kept = np.flatnonzero(written.stored_lengths)   # TokenDocs leaves empty documents out
+        mix = None if mixed is None else mixed.training_shares(kept, written.stored_lengths[kept])
+        return {**written.info, "mix": mix}
 
     def intact(entry: Path, info: dict) -> bool:
         column = read_stream(entry / TOKENS_FILE).column(COLUMN)
         tokens = sum(int(c.offsets[-1].as_py()) - int(c.offsets[0].as_py()) for c in column.chunks)
-        return len(column) == info["documents"] and tokens == info["tokens"]
+        return len(column) == info["documents"] and tokens == info["tokens"] and "mix" in info
 
     entry, reused = cached_entry("tokens", key, build, check=intact, cache_dir=cache_dir)
-    return CachedTokens(open_tokens(entry), entry, reused)
+    return CachedTokens(open_tokens(entry), entry, reused, read_marker(entry, key)["mix"])

@@ -37,6 +37,7 @@ class Documents:
     prepacked: bool = False          # a `tokenize dataset --pack` dir: rows are already blocks
     origin: str = ""                 # where the tokens came from (the cache entry, reused or built), for the log
     warnings: list[str] = field(default_factory=list)
+    mix: list[dict] | None = None    # a mix's documents and tokens per source (llmkit.data.sources.Mixed)
 
 
 def read_documents(source: str, text_field: str, tokenizer, *, add_special_tokens: bool, append_eos: bool,
@@ -45,7 +46,7 @@ def read_documents(source: str, text_field: str, tokenizer, *, add_special_token
     """The non-empty documents of `source`, memory-mapped: a pre-tokenized `input_ids` dir as it is, a text
     dataset (or a mix of them: `seed` draws it) tokenized once into the data cache (--data-cache) and reused from
     there."""
-    from llmkit.data.loading import load_table, source_kind
+    from llmkit.data.loading import load_mixed, load_table, source_kind
     from llmkit.data.sources import is_mix, parse_spec
 
     eos = tokenizer.eos_token_id
@@ -65,13 +66,19 @@ def read_documents(source: str, text_field: str, tokenizer, *, add_special_token
                            origin=f"{source}: pre-tokenized, memory-mapped")
     else:
         mixed = is_mix(source)
-        tokens = cached_tokens([s.name for s in parse_spec(source)] if mixed else [source],
-                               lambda: saved if saved is not None else load_table(source, revision=revision, seed=seed),
+
+        def load():
+            if mixed:
+                return load_mixed(source, revision=revision, seed=seed)
+            return saved if saved is not None else load_table(source, revision=revision)
+
+        tokens = cached_tokens([s.name for s in parse_spec(source)] if mixed else [source], load,
                                text_field, tokenizer, add_special_tokens=add_special_tokens,
                                append_eos=eos if append_eos else None, num_proc=num_proc, cache_dir=cache_dir,
                                source_settings={"data": source, "revision": revision, "seed": seed if mixed else None})
         how = "reused from the data cache" if tokens.reused else "tokenized into the data cache"
-        result = Documents(docs=tokens.docs, source=source, origin=f"{source}: {how} ({tokens.entry})")
+        result = Documents(docs=tokens.docs, source=source, origin=f"{source}: {how} ({tokens.entry})",
+                           mix=tokens.mix)
     if len(result.docs) == 0:
         raise DataError(f"{source}: every document is empty after tokenization",
                         hint=f"check --text-field (now '{text_field}')")

@@ -100,9 +100,11 @@ def train_pretrain(run: Run, eval_before: bool = True) -> PretrainResult:
     else:
         train_rows = build_rows(cfg, documents.docs, cfg.data, run.warnings, documents.prepacked)
         if cfg.eval_data:
-            evaluation = read_documents(cfg, tokenizer, cfg.eval_data, run)
-            eval_rows = build_rows(cfg, evaluation.docs, cfg.eval_data, run.warnings, evaluation.prepacked)
-            origins.append(evaluation.origin)
+            eval_rows = {}
+            for name, source in run.eval_sources().items():
+                evaluation = read_documents(cfg, tokenizer, source, run)
+                eval_rows[name] = build_rows(cfg, evaluation.docs, source, run.warnings, evaluation.prepacked)
+                origins.append(evaluation.origin)
 
     model = run.build_or_grow(model, tokenizer, fields)
     run.check_model(model, "--padding-free" if cfg.padding_free else None)
@@ -114,12 +116,17 @@ def train_pretrain(run: Run, eval_before: bool = True) -> PretrainResult:
     collator = make_collator(cfg, tokenizer, model)
     # rows with their (split, epoch, index): the objectives' randomness is a function of them (exact resume)
     train_set = data.IndexedRows(train_rows, "train")
-    eval_set = data.IndexedRows(eval_rows, "eval") if eval_rows is not None and len(eval_rows) else None
+    eval_set = None
+    if isinstance(eval_rows, dict):   # --eval-data: each source evaluated on its own when it lists several
+        named = {name: data.IndexedRows(rows, "eval") for name, rows in eval_rows.items()}
+        eval_set = named if len(named) > 1 else next(iter(named.values()))
+    elif eval_rows is not None and len(eval_rows):
+        eval_set = data.IndexedRows(eval_rows, "eval")
     args = run.training_arguments(has_eval=eval_set is not None)
     total, trainable = run.parameters
     run.reporter.info(f"{cfg.objective}: {type(model).__name__} with {total:,} parameters ({trainable:,} trainable); "
                       f"{len(train_set):,} training rows ({train_set.tokens:,} tokens)"
-                      + (f", {len(eval_set):,} eval rows" if eval_set else ""))
+                      + (f", {t.eval_rows(eval_set):,} eval rows" if eval_set else ""))
     run.forecast_memory(model, args)
     trainer = t.LlmkitTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                               data_collator=collator, processing_class=tokenizer,
@@ -130,6 +137,7 @@ def train_pretrain(run: Run, eval_before: bool = True) -> PretrainResult:
         PretrainResult, trainer, outcome,
         data=run.data_record(train_rows=len(train_set), train_tokens=train_set.tokens, eval_source=run.eval_source(),
                              eval_fingerprint=rundir.fingerprint(cfg.eval_data) if cfg.eval_data else None,
-                             eval_rows=len(eval_set) if eval_set else 0),
-        objective=cfg.objective, perplexity=None if final_eval is None else round(t.perplexity(final_eval), 4),
+                             eval_rows=t.eval_rows(eval_set), mix=documents.mix),
+        data_mix=documents.mix, objective=cfg.objective,
+        perplexity=None if final_eval is None else round(t.perplexity(final_eval), 4),
         initial_perplexity=None if initial is None else round(t.perplexity(initial), 4))

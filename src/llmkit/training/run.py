@@ -62,6 +62,9 @@ class RunResult:
     sparkline: str = ""
     files: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    data_mix: list[dict] | None = None         # --data a,b: {source, weight, rows, tokens, share_of_tokens} each
+    eval_by_source: list[dict] | None = None   # --eval-data a,b: {name, source, eval_loss, initial_eval_loss,
+                                               # eval_tokens} each
 
     def shared(self) -> dict[str, Any]:
         """The fields every run has, by name (a result that wraps this one starts from them)."""
@@ -229,6 +232,13 @@ class Run:
                                 report_to=self.cfg.report_to, eval_before=eval_before,
                                 callbacks=[*callbacks, *self.callbacks], before_save=before_save)
 
+    def eval_sources(self) -> dict[str, str]:
+        """--eval-data's sources by their metric names (eval_<name>_loss), each evaluated on its own."""
+        from llmkit.data.sources import eval_names, parse_spec
+
+        sources = parse_spec(self.cfg.eval_data, "--eval-data")
+        return dict(zip(eval_names(sources), (s.name for s in sources)))
+
     def eval_source(self) -> str | None:
         """manifest.json's name for the eval data."""
         return self.cfg.eval_data or (f"{self.cfg.eval_split:g} of --data" if self.cfg.eval_split else None)
@@ -249,18 +259,34 @@ class Run:
             output_dir=str(self.dir), model_dir=str(outcome.model_dir) if outcome.model_dir else None,
             status=outcome.status, steps=trainer.state.global_step,
             epochs=round(float(trainer.state.epoch or 0.0), 4), train_rows=len(trainer.train_dataset),
-            eval_rows=len(eval_set) if eval_set else 0, parameters=total, trainable_parameters=trainable,
+            eval_rows=t.eval_rows(eval_set), parameters=total, trainable_parameters=trainable,
             train_loss=losses[-1] if losses else None,
             eval_loss=None if outcome.final_eval is None else round(outcome.final_eval, 6),
             initial_eval_loss=None if outcome.initial_eval is None else round(outcome.initial_eval, 6),
             tokens=outcome.tokens, tokens_per_second=round(outcome.tokens_per_second, 1), seconds=round(seconds, 3),
             resumed_from=str(self.resume_from) if self.resume_from else None,
             checkpoint=str(outcome.checkpoint) if outcome.checkpoint else None, loss_curve=losses,
-            sparkline=rundir.sparkline(losses), files=files, warnings=self.warnings)
+            sparkline=rundir.sparkline(losses), files=files, warnings=self.warnings,
+            eval_by_source=self._eval_by_source(eval_set, outcome))
         result = result_type(**{**shared, **own})
         if outcome.interrupted:
             raise TrainingInterrupted(result, outcome.callback.stop_signal)
         return result
+
+    def _eval_by_source(self, eval_set, outcome: t.TrainOutcome) -> list[dict] | None:
+        """Each eval source's losses, when the run evaluated several (a dict of eval sets named by eval_sources)."""
+        if not isinstance(eval_set, dict):
+            return None
+        sources = self.eval_sources()
+
+        def loss(metrics: dict, name: str) -> float | None:
+            value = metrics.get(f"eval_{name}_loss")
+            return None if value is None else round(value, 6)
+
+        return [{"name": name, "source": sources[name], "eval_loss": loss(outcome.final_metrics, name),
+                 "initial_eval_loss": loss(outcome.initial_metrics, name),
+                 "eval_tokens": (outcome.final_metrics or outcome.initial_metrics).get(f"eval_{name}_tokens")}
+                for name in eval_set]
 
     def _record(self, trainer, outcome: t.TrainOutcome, data: dict, extra: dict) -> tuple[float, dict[str, str]]:
         """manifest.json with what every training run records (RANK 0 writes it); returns (wall seconds, the run's

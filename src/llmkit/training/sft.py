@@ -22,7 +22,7 @@ from llmkit.training.data import split_eval
 from llmkit.training.objectives import NUM_TOKENS, BatchCollator, make_loss
 from llmkit.training.run import ModelAdapter, Run, RunResult
 from llmkit.training.tasks import TaskResult, run_task
-from llmkit.training.trainer import LlmkitTrainer
+from llmkit.training.trainer import LlmkitTrainer, eval_rows
 from llmkit.ui import Reporter
 
 
@@ -258,13 +258,15 @@ def train_sft(run: Run) -> SFTResult:
     store = sft_store.stored_examples(cfg, tokenizer, name, template, cfg.data, run.reporter)
     encoded = store.summary
     run.warnings.extend(encoded.warnings)
-    train_examples, eval_store, eval_examples = np.arange(len(store)), store, None
+    train_examples, eval_stores = np.arange(len(store)), {}
     if cfg.eval_split is not None:
         train_examples, eval_examples = split_conversations(store.rows, cfg.eval_split, cfg.seed)
+        eval_stores[None] = (store, eval_examples)
     elif cfg.eval_data:
-        eval_store = sft_store.stored_examples(cfg, tokenizer, name, template, cfg.eval_data, run.reporter)
-        run.warnings.extend(eval_store.summary.warnings)
-        eval_examples = np.arange(len(eval_store))
+        for eval_name, source in run.eval_sources().items():
+            eval_store = sft_store.stored_examples(cfg, tokenizer, name, template, source, run.reporter)
+            run.warnings.extend(eval_store.summary.warnings)
+            eval_stores[eval_name] = (eval_store, np.arange(len(eval_store)))
 
     model = run.build_or_grow(model, tokenizer, fields)
     run.check_model(model, "--pack" if cfg.pack else None)
@@ -275,7 +277,9 @@ def train_sft(run: Run) -> SFTResult:
     collator = PackedSFTCollator(pad) if cfg.pack else SFTCollator(pad)
     train_set = (sft_store.PackedSFTRows(store, train_examples, cfg.seq_len) if cfg.pack
                  else sft_store.SFTRows(store, train_examples))
-    eval_set = sft_store.SFTRows(eval_store, eval_examples) if eval_examples is not None else None
+    # --eval-data a,b: each source evaluated on its own
+    named = {eval_name: sft_store.SFTRows(*stored) for eval_name, stored in eval_stores.items()}
+    eval_set = named if len(named) > 1 else next(iter(named.values()), None)
     args = run.training_arguments(has_eval=eval_set is not None)
     trained_tokens = int(store.trained[train_examples].sum())
     total, trainable = run.parameters
@@ -309,8 +313,8 @@ def train_sft(run: Run) -> SFTResult:
         data=run.data_record(format=encoded.format, template=name, examples=len(train_examples),
                              dropped=encoded.dropped, truncated=encoded.truncated, trained_tokens=trained_tokens,
                              train_rows=len(train_set), eval_source=run.eval_source(),
-                             eval_rows=len(eval_set) if eval_set else 0),
-        manifest={"trained_tokens_per_second": round(trained_rate, 1)},
+                             eval_rows=eval_rows(eval_set), mix=store.mix),
+        manifest={"trained_tokens_per_second": round(trained_rate, 1)}, data_mix=store.mix,
         format=encoded.format, template=name, multi_turn=cfg.multi_turn, packed=cfg.pack,
         examples=len(train_examples), dropped=encoded.dropped, truncated=encoded.truncated,
         trained_tokens=trained_tokens, trained_tokens_per_second=round(trained_rate, 1))

@@ -222,13 +222,13 @@ def train_task(run: Run) -> TaskResult:
     cfg = run.cfg
     tokenizer, scratch, fields = load_source_tokenizer(cfg)
 
-    records = taskdata.read_records(cfg.data)
+    records = taskdata.read_records(cfg.data, cfg.data_revision, cfg.seed)
     eval_records, eval_source = None, cfg.eval_data
     if cfg.eval_split is not None:
         records, eval_records = split_eval(records, cfg.eval_split, cfg.seed)
         eval_source = f"{cfg.data} (eval split)"
     elif cfg.eval_data:
-        eval_records = taskdata.read_records(cfg.eval_data)
+        eval_records = taskdata.read_records(cfg.eval_data, cfg.data_revision, cfg.seed)
     space = None
     if cfg.task in ("seq-cls", "token-cls"):
         space = taskdata.label_space(_label_values(cfg, records, cfg.data), cfg.labels or _model_labels(cfg),

@@ -231,13 +231,37 @@ class LlmkitTrainer(Trainer):
                           shuffle=False)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        loss, tokens = evaluate_loss(self.model, self.get_eval_dataloader(eval_dataset), self.shift,
-                                     self.args.device)
-        metrics = {f"{metric_key_prefix}_loss": loss, f"{metric_key_prefix}_perplexity": perplexity(loss),
-                   f"{metric_key_prefix}_tokens": tokens}
+        metrics = self.eval_metrics(eval_dataset, metric_key_prefix)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    def eval_metrics(self, eval_dataset=None, prefix: str = "eval") -> dict[str, float]:
+        """Loss, perplexity and tokens of the eval set. A dict of eval sets (--eval-data a.jsonl,b.jsonl): each
+        one's under PREFIX_<name>_, and all of them together under PREFIX_ (token-weighted: the loss of their
+        concatenation)."""
+        sets = self.eval_dataset if eval_dataset is None else eval_dataset
+        named = sets if isinstance(sets, dict) else {None: sets}
+        metrics: dict[str, float] = {}
+        total, count = 0.0, 0
+        for name, dataset in named.items():
+            loss, tokens = evaluate_loss(self.model, self.get_eval_dataloader(dataset), self.shift, self.args.device)
+            if name is not None:
+                metrics.update(_loss_metrics(f"{prefix}_{name}", loss, tokens))
+            if tokens:
+                total, count = total + loss * tokens, count + tokens
+        return {**_loss_metrics(prefix, total / count if count else float("nan"), count), **metrics}
+
+
+def _loss_metrics(prefix: str, loss: float, tokens: int) -> dict[str, float]:
+    return {f"{prefix}_loss": loss, f"{prefix}_perplexity": perplexity(loss), f"{prefix}_tokens": tokens}
+
+
+def eval_rows(eval_dataset) -> int:
+    """Rows of an eval set, or of all of a dict of them."""
+    if eval_dataset is None:
+        return 0
+    return sum(map(len, eval_dataset.values())) if isinstance(eval_dataset, dict) else len(eval_dataset)
 
 
 def is_adapter_model(model) -> bool:
@@ -275,6 +299,8 @@ class TrainOutcome:
     interrupted: bool
     initial_eval: float | None
     final_eval: float | None
+    initial_metrics: dict[str, float]        # LlmkitTrainer.eval_metrics before training ({} without one)
+    final_metrics: dict[str, float]          # and after it
     model_dir: Path | None
     checkpoint: Path | None
     train_curve: list[tuple[int, float]]
@@ -312,9 +338,10 @@ def train_and_save(trainer: "LlmkitTrainer", *, run: Path, collator, tokenizer, 
     if report_to == "tensorboard":
         trainer.add_callback(integrations.tensorboard_callback(run))
     has_eval = trainer.eval_dataset is not None
-    initial = None
+    initial, initial_metrics = None, {}
     if has_eval and eval_before and resume_from is None:
-        initial, _ = evaluate_loss(trainer.model, trainer.get_eval_dataloader(), trainer.shift, trainer.args.device)
+        initial_metrics = trainer.eval_metrics()
+        initial = initial_metrics["eval_loss"]
         if trainer.is_world_process_zero():
             rundir.append_metrics(metrics_file, {"step": 0, "eval_loss": round(initial, 6),
                                                  "perplexity": round(perplexity(initial), 4)})
@@ -344,9 +371,10 @@ def train_and_save(trainer: "LlmkitTrainer", *, run: Path, collator, tokenizer, 
                             else "no checkpoint was written before it")) from None
         train_seconds = time.perf_counter() - train_started
 
-    final_eval = None
+    final_eval, final_metrics = None, {}
     if not callback.interrupted and has_eval:
-        final_eval = trainer.evaluate()["eval_loss"]
+        final_metrics = trainer.evaluate()
+        final_eval = final_metrics["eval_loss"]
     saved = rundir.checkpoints(run)
     model_dir = None
     if not callback.interrupted:
@@ -365,7 +393,8 @@ def train_and_save(trainer: "LlmkitTrainer", *, run: Path, collator, tokenizer, 
     if trainer.is_world_process_zero():
         rundir.write_loss_png(run / rundir.CURVE, train_curve, eval_curve)
     return TrainOutcome(interrupted=callback.interrupted, initial_eval=initial, final_eval=final_eval,
-                        model_dir=model_dir, checkpoint=saved[-1] if saved else None, train_curve=train_curve,
+                        initial_metrics=initial_metrics, final_metrics=final_metrics, model_dir=model_dir,
+                        checkpoint=saved[-1] if saved else None, train_curve=train_curve,
                         eval_curve=eval_curve, tokens=sum_over_ranks(collator.tokens_seen, trainer.args.device),
                         train_seconds=train_seconds,
                         callback=callback)
@@ -453,7 +482,9 @@ class RunCallback(TrainerCallback):
                                f"{rate:,.0f} tokens/s  ETA {_duration(eta)}")
         if "eval_loss" in logs:
             row = {"step": state.global_step, "eval_loss": round(float(logs["eval_loss"]), 6),
-                   "perplexity": round(float(logs.get("eval_perplexity", perplexity(logs["eval_loss"]))), 4)}
+                   "perplexity": round(float(logs.get("eval_perplexity", perplexity(logs["eval_loss"]))), 4),
+                   **{k: round(float(v), 6) for k, v in logs.items()   # each source of --eval-data a,b
+                      if k.startswith("eval_") and k.endswith("_loss") and k != "eval_loss"}}
             rundir.append_metrics(self.metrics, row)
             self.eval_rows.append(row)
             self.reporter.info(f"step {state.global_step}  eval loss {row['eval_loss']:.4f}  "
