@@ -79,13 +79,14 @@ def prepare(sizes: list[int]) -> tuple[Path, dict[int, Path]]:
     return tok, corpora
 
 
-def pretrain(tree: Path | None, tok: Path, data: Path, pack: bool, cache: Path | None, out: Path) -> dict:
+def pretrain(tree: Path | None, tok: Path, data: Path, pack: bool, cache: Path | None, out: Path,
+             extra: tuple[str, ...] = (), steps: int = 3) -> dict:
     """One `llmkit pretrain` in a fresh process: its peak RSS, time to the first step, and rows."""
     model = WORK / "tiny-llama.json"
     model.write_text(json.dumps(MODEL))
     args = ["pretrain", "--model", str(model), "--from-scratch", "-t", str(tok), "--data", str(data),
-            "-o", str(out), "--overwrite", "--seq-len", "128", "--batch-size", "8", "--max-steps", "3",
-            "--logging-steps", "1", "--json", *(["--pack"] if pack else [])]
+            "-o", str(out), "--overwrite", "--seq-len", "128", "--batch-size", "8", "--max-steps", str(steps),
+            "--logging-steps", "1", "--json", *(["--pack"] if pack else []), *extra]
     if cache is not None:
         args += ["--data-cache", str(cache)]
     command = [sys.executable, "-c", DRIVER, *args]
@@ -108,7 +109,8 @@ def pretrain(tree: Path | None, tok: Path, data: Path, pack: bool, cache: Path |
                                        env=env, check=True).stdout)
     if result["rc"] != 0:
         raise SystemExit(f"pretrain failed: {result['stderr']}")
-    result["train_rows"] = json.loads(result.pop("stdout"))["train_rows"]
+    report = json.loads(result.pop("stdout"))
+    result["train_rows"], result["tokens_per_second"] = report["train_rows"], report["tokens_per_second"]
     result["cached"] = "reused from the data cache" in result["stderr"]
     return result
 

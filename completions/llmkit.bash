@@ -326,10 +326,11 @@ _llmkit() {
                 --noise-density) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --mean-span-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --objective) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --shuffle-buffer) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --trust-remote-code --data --data-revision --text-field --eval-data --eval-split --seq-len --pack --padding-free --num-proc --data-cache --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --mlm-probability --mask-replace-prob --random-replace-prob --whole-word-masking --noise-density --mean-span-length --objective --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --trust-remote-code --data --data-revision --text-field --eval-data --eval-split --seq-len --pack --padding-free --num-proc --data-cache --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --mlm-probability --mask-replace-prob --random-replace-prob --whole-word-masking --noise-density --mean-span-length --objective --streaming --shuffle-buffer --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "quantize compare")
             case "$prev" in

@@ -330,6 +330,8 @@ complete -c llmkit -n '__fish_seen_subcommand_from pretrain' -l whole-word-maski
 complete -c llmkit -n '__fish_seen_subcommand_from pretrain' -l noise-density -r -F -d 'seq2seq: share of tokens corrupted (default 0.15).'
 complete -c llmkit -n '__fish_seen_subcommand_from pretrain' -l mean-span-length -r -F -d 'seq2seq: mean corrupted span in tokens (default 3).'
 complete -c llmkit -n '__fish_seen_subcommand_from pretrain' -l objective -r -F -d 'causal-lm | masked-lm | seq2seq (T5 span corruption) | prefix-lm (default causal-lm).'
+complete -c llmkit -n '__fish_seen_subcommand_from pretrain' -l streaming -d 'Read --data as a stream, tokenized and packed as training goes, never whole (for corpora larger than disk or RAM); needs --max-steps.'
+complete -c llmkit -n '__fish_seen_subcommand_from pretrain' -l shuffle-buffer -r -F -d '--streaming: documents in the shuffle buffer (1: the streams order) (default 10000).'
 complete -c llmkit -n '__fish_seen_subcommand_from pretrain' -l preset -r -F -d 'A shipped preset (see `llmkit presets`). The config file and flags override it.'
 complete -c llmkit -n '__fish_seen_subcommand_from pretrain' -l config -r -F -d 'YAML/JSON file of settings (keys are the long flag names). Flags override it.'
 complete -c llmkit -n '__fish_seen_subcommand_from pretrain' -l print-config -d 'Print the resolved configuration and exit without doing anything.'

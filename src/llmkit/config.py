@@ -617,6 +617,9 @@ class PretrainConfig(ObjectiveArgs, TrainArgs, OptimArgs, DataArgs, ModelArgs):
 
     preset_kind: ClassVar[str] = "pretrain"
     objective: Objective = opt("causal-lm", "causal-lm | masked-lm | seq2seq (T5 span corruption) | prefix-lm.")
+    streaming: bool = opt(False, "Read --data as a stream, tokenized and packed as training goes, never whole (for "
+                                 "corpora larger than disk or RAM); needs --max-steps.")
+    shuffle_buffer: int = opt(10_000, "--streaming: documents in the shuffle buffer (1: the stream's order).")
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -624,6 +627,11 @@ class PretrainConfig(ObjectiveArgs, TrainArgs, OptimArgs, DataArgs, ModelArgs):
         self._data_problems(problems)
         self._optim_problems(problems)
         self._train_problems(problems)
+        _positive(problems, "--shuffle-buffer", self.shuffle_buffer)
+        if self.streaming and self.max_steps is None:
+            problems.append("--streaming needs --max-steps: a stream has no length to count epochs by")
+        if self.streaming and self.eval_split is not None:
+            problems.append("--eval-split cannot hold documents out of a stream: give --eval-data")
         if (self.pack or self.padding_free) and self.objective in ("seq2seq", "prefix-lm"):
             problems.append(f"--pack/--padding-free apply to causal-lm and masked-lm, not {self.objective}")
         if self.padding_free and self.objective != "causal-lm":

@@ -69,7 +69,7 @@ def _decompressed(path: Path, raw: bytes) -> bytes:
             return gzip.decompress(raw)
         return _zstd_decompressed(raw)
     except Exception as exc:   # gzip.BadGzipFile, EOFError, zlib.error, zstandard.ZstdError
-        raise DataError(f"{path} is not a valid {compression} file: {_first_line(exc)}",
+        raise DataError(f"{path} is not a valid {compression} file: {first_line(exc)}",
                         hint="check the file (a truncated download?), or decompress it and pass the plain file") from None
 
 
@@ -206,7 +206,7 @@ def load_table(source: str, split: str | None = None, revision: str | None = Non
         try:
             table = datasets.Dataset.from_csv(str(path)) if kind == "csv" else datasets.Dataset.from_parquet(str(path))
         except Exception as exc:  # pyarrow raises many types for a malformed file
-            raise DataError(f"cannot read {source} as {kind}: {_first_line(exc)}",
+            raise DataError(f"cannot read {source} as {kind}: {first_line(exc)}",
                             hint=f"check that it is a valid {kind} file") from None
         return _non_empty(table, source)
     if kind == "saved":
@@ -218,7 +218,7 @@ def load_table(source: str, split: str | None = None, revision: str | None = Non
 
 
 @contextlib.contextmanager
-def _quiet_datasets():
+def quiet_datasets():
     """No progress bars or log lines from `datasets` while it loads: llmkit reports, and names the failures."""
     import datasets
 
@@ -243,7 +243,7 @@ def load_mixed(spec: str, split: str | None = None, revision: str | None = None,
     return data_sources.mix(tables, weights, seed, [s.name for s in sources])
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
@@ -303,7 +303,7 @@ def _load_shards(source: str):
     files = shard_files(source)
     builder = SHARD_BUILDERS[file_kind(files[0])]
     try:
-        with _quiet_datasets():
+        with quiet_datasets():
             table = datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train")
     except Exception as exc:   # DatasetGenerationError around pyarrow's and the decompressors' errors
         raise _shard_problem(source, files, builder, exc) from None
@@ -321,11 +321,11 @@ def _shard_problem(source: str, files: list[Path], builder: str, exc: BaseExcept
         if kind in READERS and path.stat().st_size:
             READERS[kind](path)   # raises with the line of a bad record, or a decompression error
         try:
-            with _quiet_datasets():
+            with quiet_datasets():
                 schemas[path] = datasets.load_dataset(builder, data_files=[str(path)], split="train").features
         except Exception as alone:
             return DataError(f"{source}: the shard {path} cannot be read as {kind}: "
-                             f"{_first_line(alone.__cause__ or alone)}",
+                             f"{first_line(alone.__cause__ or alone)}",
                              hint="fix or remove that shard")
     first = files[0]
     differing = [f"{path.name} {_schema_difference(schemas[first], schemas[path])}"
@@ -336,7 +336,7 @@ def _shard_problem(source: str, files: list[Path], builder: str, exc: BaseExcept
                          f"{'; '.join(differing)}",
                          hint="give every shard the same columns and types, or pass the sets as separate sources "
                               "of a mix")
-    return DataError(f"cannot read {source}: {_first_line(exc.__cause__ or exc)}",
+    return DataError(f"cannot read {source}: {first_line(exc.__cause__ or exc)}",
                      hint="check the shards")
 
 
@@ -395,7 +395,7 @@ def _load_hub(source: str, split: str | None, revision: str | None):
     if not hub_dataset_cached(name):
         require_hub(name, "dataset")
     try:
-        with _quiet_datasets():
+        with quiet_datasets():
             loaded = datasets.load_dataset(name, config, split=named_split, revision=revision)
     except Exception as exc:
         text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
@@ -403,6 +403,6 @@ def _load_hub(source: str, split: str | None, revision: str | None):
             # an unknown config or split, or several configs and none chosen: the spec is wrong
             raise ConfigError(f"hub dataset '{source}': {text}",
                               hint="name the config and split as --data NAME:CONFIG:SPLIT (or NAME::SPLIT)") from None
-        raise DataError(f"cannot load hub dataset '{source}': {_first_line(exc)}",
+        raise DataError(f"cannot load hub dataset '{source}': {first_line(exc)}",
                         hint="check the dataset name, or pass a local file") from None
     return _non_empty(_pick_split(loaded, split, source), source)

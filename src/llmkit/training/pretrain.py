@@ -30,6 +30,14 @@ def read_documents(cfg: PretrainConfig, tokenizer, source: str, run: Run) -> dat
     return documents
 
 
+MIN_ROW = {"causal-lm": 2, "prefix-lm": 2, "masked-lm": 1, "seq2seq": 2}   # tokens an unpacked row needs
+
+
+def _row_len(cfg: PretrainConfig) -> int:
+    """Tokens of an unpacked row (seq2seq keeps one for the decoder's eos)."""
+    return cfg.seq_len - 1 if cfg.objective == "seq2seq" else cfg.seq_len
+
+
 def build_rows(cfg: PretrainConfig, docs, source: str, warnings: list[str], prepacked: bool = False):
     """The training rows of these documents for --pack / --padding-free / unpacked (a pre-packed dir: its rows)."""
     seq_len = cfg.seq_len
@@ -40,13 +48,41 @@ def build_rows(cfg: PretrainConfig, docs, source: str, warnings: list[str], prep
         rows = data.BlockRows(docs, seq_len, source, positions=cfg.padding_free)
         dropped = rows.dropped
     else:
-        min_len = {"causal-lm": 2, "prefix-lm": 2, "masked-lm": 1, "seq2seq": 2}[cfg.objective]
-        rows = data.DocumentRows(docs, seq_len - 1 if cfg.objective == "seq2seq" else seq_len, min_len)
+        min_len = MIN_ROW[cfg.objective]
+        rows = data.DocumentRows(docs, _row_len(cfg), min_len)
         if not len(rows):
             raise DataError(f"{source}: every document is shorter than {min_len} tokens, too short for "
                             f"{cfg.objective}", hint="give longer documents")
     if dropped:
         warnings.append(f"{source}: the last {dropped:,} tokens do not fill a block of {seq_len} and were dropped")
+    return rows
+
+
+def _eval_rows(cfg: PretrainConfig, tokenizer, run: Run, origins: list[str]) -> dict | None:
+    """--eval-data's rows by source name (run.eval_sources), memory-mapped; None without it."""
+    if not cfg.eval_data:
+        return None
+    rows = {}
+    for name, source in run.eval_sources().items():
+        evaluation = read_documents(cfg, tokenizer, source, run)
+        rows[name] = build_rows(cfg, evaluation.docs, source, run.warnings, evaluation.prepacked)
+        origins.append(evaluation.origin)
+    return rows
+
+
+def stream_rows(cfg: PretrainConfig, tokenizer):
+    """--streaming: the endless rows of --data read as a stream, checked to make at least one."""
+    from llmkit.data.streaming import open_stream
+    from llmkit.training.streaming import StreamingRows
+
+    layout = "padding-free" if cfg.padding_free else "packed" if cfg.pack else "rows"
+    stream = open_stream(cfg.data, cfg.text_field, revision=cfg.data_revision, seed=cfg.seed)
+    rows = StreamingRows(stream, cfg.text_field, tokenizer, seq_len=cfg.seq_len if layout != "rows" else _row_len(cfg),
+                         layout=layout, min_len=MIN_ROW[cfg.objective],
+                         add_special_tokens=cfg.objective == "masked-lm",
+                         append_eos=cfg.objective in ("causal-lm", "prefix-lm"), source=cfg.data,
+                         shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed)
+    rows.check()
     return rows
 
 
@@ -88,10 +124,18 @@ def train_pretrain(run: Run, eval_before: bool = True) -> PretrainResult:
                           hint="add one: tokenizer.add_special_tokens({'mask_token': '[MASK]'}) (or '<mask>'), "
                                "save it, and pass it with --tokenizer")
 
-    documents = read_documents(cfg, tokenizer, cfg.data, run)
-    origins = [documents.origin]   # reported once the run starts (before, stderr is an error's alone)
+    streamed = documents = None
+    if cfg.streaming:
+        streamed = stream_rows(cfg, tokenizer)
+        origins = [f"{cfg.data}: streamed, tokenized as training reads it"
+                   + (f" (shuffle buffer of {cfg.shuffle_buffer:,} documents)" if cfg.shuffle_buffer > 1 else "")]
+    else:
+        documents = read_documents(cfg, tokenizer, cfg.data, run)
+        origins = [documents.origin]   # reported once the run starts (before, stderr is an error's alone)
     eval_rows = None
-    if cfg.eval_split is not None:
+    if streamed is not None:
+        eval_rows = _eval_rows(cfg, tokenizer, run, origins)
+    elif cfg.eval_split is not None:
         # the split re-cuts a pre-packed dir's blocks as --pack / --seq-len say, as any documents
         train_docs, eval_docs = (documents.docs.subset(i) for i in
                                  data.split_eval_indices(len(documents.docs), cfg.eval_split, cfg.seed))
@@ -99,12 +143,7 @@ def train_pretrain(run: Run, eval_before: bool = True) -> PretrainResult:
         eval_rows = build_rows(cfg, eval_docs, f"{cfg.data} (eval split)", run.warnings)
     else:
         train_rows = build_rows(cfg, documents.docs, cfg.data, run.warnings, documents.prepacked)
-        if cfg.eval_data:
-            eval_rows = {}
-            for name, source in run.eval_sources().items():
-                evaluation = read_documents(cfg, tokenizer, source, run)
-                eval_rows[name] = build_rows(cfg, evaluation.docs, source, run.warnings, evaluation.prepacked)
-                origins.append(evaluation.origin)
+        eval_rows = _eval_rows(cfg, tokenizer, run, origins)
 
     model = run.build_or_grow(model, tokenizer, fields)
     run.check_model(model, "--padding-free" if cfg.padding_free else None)
@@ -115,7 +154,7 @@ def train_pretrain(run: Run, eval_before: bool = True) -> PretrainResult:
         run.reporter.info(origin)
     collator = make_collator(cfg, tokenizer, model)
     # rows with their (split, epoch, index): the objectives' randomness is a function of them (exact resume)
-    train_set = data.IndexedRows(train_rows, "train")
+    train_set = streamed if streamed is not None else data.IndexedRows(train_rows, "train")
     eval_set = None
     if isinstance(eval_rows, dict):   # --eval-data: each source evaluated on its own when it lists several
         named = {name: data.IndexedRows(rows, "eval") for name, rows in eval_rows.items()}
@@ -124,20 +163,25 @@ def train_pretrain(run: Run, eval_before: bool = True) -> PretrainResult:
         eval_set = data.IndexedRows(eval_rows, "eval")
     args = run.training_arguments(has_eval=eval_set is not None)
     total, trainable = run.parameters
+    rows = ("rows streamed" if streamed is not None
+            else f"{len(train_set):,} training rows ({train_set.tokens:,} tokens)")
     run.reporter.info(f"{cfg.objective}: {type(model).__name__} with {total:,} parameters ({trainable:,} trainable); "
-                      f"{len(train_set):,} training rows ({train_set.tokens:,} tokens)"
-                      + (f", {t.eval_rows(eval_set):,} eval rows" if eval_set else ""))
+                      f"{rows}" + (f", {t.eval_rows(eval_set):,} eval rows" if eval_set else ""))
     run.forecast_memory(model, args)
     trainer = t.LlmkitTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                               data_collator=collator, processing_class=tokenizer,
                               compute_loss_func=o.make_loss(cfg.objective), objective=cfg.objective)
-    outcome = run.train(trainer, collator, tokenizer, eval_before=eval_before, callbacks=[t.EpochCallback(train_set)])
+    epochs = [] if streamed is not None else [t.EpochCallback(train_set)]   # a stream counts its own passes
+    outcome = run.train(trainer, collator, tokenizer, eval_before=eval_before, callbacks=epochs)
     initial, final_eval = outcome.initial_eval, outcome.final_eval
+    mix = documents.mix if documents is not None else None
     return run.finish(
         PretrainResult, trainer, outcome,
-        data=run.data_record(train_rows=len(train_set), train_tokens=train_set.tokens, eval_source=run.eval_source(),
+        data=run.data_record(train_rows=t.train_rows(trainer),
+                             train_tokens=None if streamed is not None else train_set.tokens,
+                             streaming=cfg.streaming, eval_source=run.eval_source(),
                              eval_fingerprint=rundir.fingerprint(cfg.eval_data) if cfg.eval_data else None,
-                             eval_rows=t.eval_rows(eval_set), mix=documents.mix),
-        data_mix=documents.mix, objective=cfg.objective,
+                             eval_rows=t.eval_rows(eval_set), mix=mix),
+        data_mix=mix, objective=cfg.objective,
         perplexity=None if final_eval is None else round(t.perplexity(final_eval), 4),
         initial_perplexity=None if initial is None else round(t.perplexity(initial), 4))

@@ -258,7 +258,7 @@ class Run:
         shared = dict(
             output_dir=str(self.dir), model_dir=str(outcome.model_dir) if outcome.model_dir else None,
             status=outcome.status, steps=trainer.state.global_step,
-            epochs=round(float(trainer.state.epoch or 0.0), 4), train_rows=len(trainer.train_dataset),
+            epochs=round(float(trainer.state.epoch or 0.0), 4), train_rows=t.train_rows(trainer),
             eval_rows=t.eval_rows(eval_set), parameters=total, trainable_parameters=trainable,
             train_loss=losses[-1] if losses else None,
             eval_loss=None if outcome.final_eval is None else round(outcome.final_eval, 6),

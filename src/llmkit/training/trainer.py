@@ -80,6 +80,10 @@ def training_arguments(cfg, checkpoints_dir: Path, has_eval: bool) -> TrainingAr
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        # a stream (pretrain --streaming) is read whole by every rank, each keeping its slice of every global batch
+        # (accelerate's IterableDatasetShard): rank 0 dispatching collated batches would split the token counts
+        # that the loss is normalised by
+        accelerator_config={"dispatch_batches": False} if getattr(cfg, "streaming", False) else None,
     )
 
 
@@ -255,6 +259,15 @@ class LlmkitTrainer(Trainer):
 
 def _loss_metrics(prefix: str, loss: float, tokens: int) -> dict[str, float]:
     return {f"{prefix}_loss": loss, f"{prefix}_perplexity": perplexity(loss), f"{prefix}_tokens": tokens}
+
+
+def train_rows(trainer) -> int:
+    """Rows of the training set; of a stream (no length), the rows the steps trained on."""
+    dataset, args = trainer.train_dataset, trainer.args
+    if hasattr(dataset, "__len__"):
+        return len(dataset)
+    return trainer.state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * \
+        args.world_size
 
 
 def eval_rows(eval_dataset) -> int:
