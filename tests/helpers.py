@@ -121,3 +121,18 @@ def all_command_paths() -> list[list[str]]:
 
     walk(typer.main.get_command(app), [])
     return paths
+
+
+def ctrl_c_at(step: int):
+    """A Trainer callback that presses Ctrl-C during step `step`: the run checkpoints at its end and stops."""
+    import os
+    import signal
+
+    from transformers import TrainerCallback
+
+    class CtrlC(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == step - 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    return CtrlC()

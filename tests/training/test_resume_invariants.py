@@ -8,14 +8,11 @@ self-consistency); a run with another seed shows the randomness is live, not swi
 """
 
 import json
-import os
-import signal
 
 import pytest
 import torch
-from transformers import TrainerCallback
 
-from helpers import TINY_BERT, TINY_LLAMA, TINY_T5, base_config, write_config
+from helpers import TINY_BERT, TINY_LLAMA, TINY_T5, base_config, ctrl_c_at, write_config
 
 STEPS, CUTS = 6, (2, 4)
 
@@ -44,17 +41,6 @@ def one_row_docs(tmp_path_factory, corpus_texts):
     return path
 
 
-class CtrlC(TrainerCallback):
-    """Press Ctrl-C during step `at`: the run checkpoints at the end of step `at` and stops."""
-
-    def __init__(self, at):
-        self.at = at
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step == self.at - 1:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 def _curves(run_dir):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return ([(r["step"], r["loss"]) for r in rows if "loss" in r],
@@ -74,7 +60,7 @@ def _interrupted_and_resumed(train, out):
     resume = None
     for cut in CUTS:
         with pytest.raises(TrainingInterrupted) as stop:
-            train(str(out), resume, [CtrlC(cut)])
+            train(str(out), resume, [ctrl_c_at(cut)])
         assert stop.value.result.steps == cut and (out / "checkpoints" / f"checkpoint-{cut}").is_dir()
         resume = "auto"
     result = train(str(out), resume, [])

@@ -261,6 +261,12 @@ def _loss_metrics(prefix: str, loss: float, tokens: int) -> dict[str, float]:
     return {f"{prefix}_loss": loss, f"{prefix}_perplexity": perplexity(loss), f"{prefix}_tokens": tokens}
 
 
+def source_losses(metrics: dict) -> dict[str, float]:
+    """eval_<name>_loss of each source of --eval-data a,b (LlmkitTrainer.eval_metrics), for metrics.jsonl."""
+    return {k: round(float(v), 6) for k, v in metrics.items()
+            if k.startswith("eval_") and k.endswith("_loss") and k != "eval_loss"}
+
+
 def train_rows(trainer) -> int:
     """Rows of the training set; of a stream (no length), the rows the steps trained on."""
     dataset, args = trainer.train_dataset, trainer.args
@@ -357,7 +363,8 @@ def train_and_save(trainer: "LlmkitTrainer", *, run: Path, collator, tokenizer, 
         initial = initial_metrics["eval_loss"]
         if trainer.is_world_process_zero():
             rundir.append_metrics(metrics_file, {"step": 0, "eval_loss": round(initial, 6),
-                                                 "perplexity": round(perplexity(initial), 4)})
+                                                 "perplexity": round(perplexity(initial), 4),
+                                                 **source_losses(initial_metrics)})
         reporter.info(f"before training: eval loss {initial:.4f}, perplexity {perplexity(initial):,.2f}")
 
     steps_hint = trainer.args.max_steps if trainer.args.max_steps > 0 else None
@@ -496,8 +503,7 @@ class RunCallback(TrainerCallback):
         if "eval_loss" in logs:
             row = {"step": state.global_step, "eval_loss": round(float(logs["eval_loss"]), 6),
                    "perplexity": round(float(logs.get("eval_perplexity", perplexity(logs["eval_loss"]))), 4),
-                   **{k: round(float(v), 6) for k, v in logs.items()   # each source of --eval-data a,b
-                      if k.startswith("eval_") and k.endswith("_loss") and k != "eval_loss"}}
+                   **source_losses(logs)}
             rundir.append_metrics(self.metrics, row)
             self.eval_rows.append(row)
             self.reporter.info(f"step {state.global_step}  eval loss {row['eval_loss']:.4f}  "
