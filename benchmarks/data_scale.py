@@ -3,7 +3,7 @@ the first optimizer step, cold and from the data cache; tokenizing throughput ag
 plain `datasets.map(batched=True, num_proc=N)`.
 
     .venv/bin/python benchmarks/data_scale.py [--sizes 1,20,200] [--before 9fd7615 --before-sizes 1,20]
-                                              [--throughput-mb 200] [--threads 2]
+                                              [--throughput-mb 200] [--threads 2] [--layouts pack,unpacked]
 
 Corpora are parquet files of synthetic documents (50-1,000 words drawn from the words of Python's language
 reference) under benchmarks/_work/data_scale, sized in millions of tokens of a 4k byte-level BPE trained on a
@@ -192,6 +192,7 @@ def main() -> None:
     parser.add_argument("--before-sizes", default="1,20")
     parser.add_argument("--throughput-mb", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--layouts", default="pack,unpacked", help="pack, unpacked or both")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"load average at start: {os.getloadavg()}", flush=True)
@@ -203,7 +204,7 @@ def main() -> None:
     print("|---|---:|---|---:|---:|---:|---:|", flush=True)
     for label, tree in trees.items():
         for size in sizes if label == "after" else [int(s) for s in args.before_sizes.split(",")]:
-            for pack in (True, False):
+            for pack in [layout == "pack" for layout in args.layouts.split(",")]:
                 cache = WORK / f"cache-{size}M"
                 if label == "after":
                     shutil.rmtree(cache, ignore_errors=True)

@@ -15,6 +15,7 @@ _llmkit() {
             ":completion") path="completion" ;;
             ":env") path="env" ;;
             ":eval") path="eval" ;;
+            ":export") path="export" ;;
             ":generate") path="generate" ;;
             ":launch") path="launch" ;;
             ":memory-estimate") path="memory-estimate" ;;
@@ -24,6 +25,7 @@ _llmkit() {
             ":pretrain") path="pretrain" ;;
             ":quantize") path="quantize" ;;
             ":quickstart") path="quickstart" ;;
+            ":serve") path="serve" ;;
             ":sft") path="sft" ;;
             ":tokenize") path="tokenize" ;;
         esac
@@ -84,6 +86,18 @@ _llmkit() {
             esac
             COMPREPLY=($(compgen -W "--model -m --device --adapter --task --dtype --load-in-8bit --load-in-4bit --text-field --seed --trust-remote-code --max-new-tokens --min-new-tokens --max-length --min-length --do-sample --greedy --num-beams --num-return-sequences --length-penalty --early-stopping --no-early-stopping --no-repeat-ngram-size --temperature --top-k --top-p --min-p --typical-p --repetition-penalty --stop --compare --data --metric --limit --batch-size -b --harness --seq-len --stride --chat-template --system --prompt-field --completion-field --text-pair-field --label-field --tokens-field --tags-field --label-all-subtokens --question-field --context-field --answers-field --doc-stride --max-answer-length --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
+        "export")
+            case "$prev" in
+                --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --output-dir|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --format) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --opset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --atol) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+            esac
+            COMPREPLY=($(compgen -W "--model -m --output-dir -o --overwrite --trust-remote-code --format --opset --atol --preset --config --print-config --json --help -h" -- "$cur"))
+            [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "generate")
             case "$prev" in
                 --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -121,10 +135,11 @@ _llmkit() {
                 --max-answer-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --aggregation) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --pooling) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --backend) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --device --adapter --task --dtype --load-in-8bit --load-in-4bit --seed --trust-remote-code --prompt -p --message --system --chat-template --input --output --chat --overwrite --batch-size --max-new-tokens --min-new-tokens --max-length --min-length --do-sample --greedy --num-beams --num-return-sequences --length-penalty --early-stopping --no-early-stopping --no-repeat-ngram-size --temperature --top-k --top-p --min-p --typical-p --repetition-penalty --stop --text-pair --question --context --doc-stride --max-answer-length --allow-no-answer --aggregation --pooling --normalize --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--model -m --device --adapter --task --dtype --load-in-8bit --load-in-4bit --seed --trust-remote-code --prompt -p --message --system --chat-template --input --output --chat --overwrite --batch-size --max-new-tokens --min-new-tokens --max-length --min-length --do-sample --greedy --num-beams --num-return-sequences --length-penalty --early-stopping --no-early-stopping --no-repeat-ngram-size --temperature --top-k --top-p --min-p --typical-p --repetition-penalty --stop --text-pair --question --context --doc-stride --max-answer-length --allow-no-answer --aggregation --pooling --normalize --backend --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "launch")
             case "$prev" in
@@ -205,6 +220,7 @@ _llmkit() {
             case "$prev" in
                 --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --tokenizer|-t) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --attention) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --data-revision) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -258,6 +274,14 @@ _llmkit() {
                 --answers-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --doc-stride) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --max-answer-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --source-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --target-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --source-lang) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --target-lang) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --source-prefix) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-target-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-new-tokens) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --num-beams) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --mlm-probability) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --mask-replace-prob) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --random-replace-prob) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -282,7 +306,7 @@ _llmkit() {
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --trust-remote-code --data --data-revision --text-field --eval-data --eval-split --seq-len --pack --padding-free --num-proc --data-cache --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --objective --format --template --chat-template --multi-turn --train-on-prompt --messages-field --prompt-field --completion-field --instruction-field --input-field --output-field --system-field --preview --check --task --text-pair-field --label-field --labels --tokens-field --tags-field --label-all-subtokens --question-field --context-field --answers-field --doc-stride --max-answer-length --mlm-probability --mask-replace-prob --random-replace-prob --whole-word-masking --noise-density --mean-span-length --method --lora-rank --lora-alpha --lora-dropout --lora-targets --modules-to-save --use-rslora --use-dora --ia3-targets --ia3-feedforward --num-virtual-tokens --prompt-init --prompt-init-text --encoder --encoder-hidden-size --prefix-projection --no-prefix-projection --quant --double-quant --compute-dtype --base-dtype --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --trust-remote-code --attention --data --data-revision --text-field --eval-data --eval-split --seq-len --pack --padding-free --num-proc --data-cache --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --objective --format --template --chat-template --multi-turn --train-on-prompt --messages-field --prompt-field --completion-field --instruction-field --input-field --output-field --system-field --preview --check --task --text-pair-field --label-field --labels --tokens-field --tags-field --label-all-subtokens --question-field --context-field --answers-field --doc-stride --max-answer-length --source-field --target-field --source-lang --target-lang --source-prefix --max-target-len --max-new-tokens --num-beams --mlm-probability --mask-replace-prob --random-replace-prob --whole-word-masking --noise-density --mean-span-length --method --lora-rank --lora-alpha --lora-dropout --lora-targets --modules-to-save --use-rslora --use-dora --ia3-targets --ia3-feedforward --num-virtual-tokens --prompt-init --prompt-init-text --encoder --encoder-hidden-size --prefix-projection --no-prefix-projection --quant --double-quant --compute-dtype --base-dtype --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "presets")
             COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
@@ -291,6 +315,7 @@ _llmkit() {
             case "$prev" in
                 --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --tokenizer|-t) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --attention) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --data-revision) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -330,7 +355,7 @@ _llmkit() {
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --trust-remote-code --data --data-revision --text-field --eval-data --eval-split --seq-len --pack --padding-free --num-proc --data-cache --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --mlm-probability --mask-replace-prob --random-replace-prob --whole-word-masking --noise-density --mean-span-length --objective --streaming --shuffle-buffer --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --trust-remote-code --attention --data --data-revision --text-field --eval-data --eval-split --seq-len --pack --padding-free --num-proc --data-cache --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --mlm-probability --mask-replace-prob --random-replace-prob --whole-word-masking --noise-density --mean-span-length --objective --streaming --shuffle-buffer --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "quantize compare")
             case "$prev" in
@@ -393,10 +418,50 @@ _llmkit() {
             esac
             COMPREPLY=($(compgen -W "--output-dir -o --overwrite --seed --fast --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
+        "serve")
+            case "$prev" in
+                --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --device) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --adapter) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --task) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --dtype) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --seed) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-new-tokens) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --min-new-tokens) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --min-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --num-beams) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --num-return-sequences) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --length-penalty) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --no-repeat-ngram-size) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --temperature) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --top-k) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --top-p) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --min-p) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --typical-p) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --repetition-penalty) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --stop) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --backend) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --host) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --port) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --api-key) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-tokens) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-body-bytes) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --request-timeout) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-batch-size) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-queue) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --chat-template) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --pooling) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+            esac
+            COMPREPLY=($(compgen -W "--model -m --device --adapter --task --dtype --load-in-8bit --load-in-4bit --seed --trust-remote-code --max-new-tokens --min-new-tokens --max-length --min-length --do-sample --greedy --num-beams --num-return-sequences --length-penalty --early-stopping --no-early-stopping --no-repeat-ngram-size --temperature --top-k --top-p --min-p --typical-p --repetition-penalty --stop --backend --host --port --api-key --max-tokens --max-body-bytes --request-timeout --max-batch-size --max-queue --ui --chat-template --pooling --normalize --preset --config --print-config --json --help -h" -- "$cur"))
+            [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "sft")
             case "$prev" in
                 --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --tokenizer|-t) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --attention) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --data) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --data-revision) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --text-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -449,10 +514,18 @@ _llmkit() {
                 --answers-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --doc-stride) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --max-answer-length) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --source-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --target-field) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --source-lang) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --target-lang) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --source-prefix) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-target-len) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --max-new-tokens) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --num-beams) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --preset) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --trust-remote-code --data --data-revision --text-field --eval-data --eval-split --seq-len --pack --num-proc --data-cache --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --format --template --chat-template --multi-turn --train-on-prompt --messages-field --prompt-field --completion-field --instruction-field --input-field --output-field --system-field --preview --check --task --text-pair-field --label-field --labels --tokens-field --tags-field --label-all-subtokens --question-field --context-field --answers-field --doc-stride --max-answer-length --preset --config --print-config --json --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "--model -m --tokenizer -t --from-scratch --trust-remote-code --attention --data --data-revision --text-field --eval-data --eval-split --seq-len --pack --num-proc --data-cache --batch-size -b --grad-accum --lr --epochs --max-steps --warmup-ratio --scheduler --weight-decay --max-grad-norm --optimizer --mixed-precision --grad-checkpointing --freeze-base --trainable-layers --eval-steps --save-steps --save-total-limit --logging-steps --seed --output-dir -o --overwrite --resume --report-to --deepspeed --format --template --chat-template --multi-turn --train-on-prompt --messages-field --prompt-field --completion-field --instruction-field --input-field --output-field --system-field --preview --check --task --text-pair-field --label-field --labels --tokens-field --tags-field --label-all-subtokens --question-field --context-field --answers-field --doc-stride --max-answer-length --source-field --target-field --source-lang --target-lang --source-prefix --max-target-len --max-new-tokens --num-beams --preset --config --print-config --json --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "tokenize dataset")
             case "$prev" in
@@ -521,7 +594,7 @@ _llmkit() {
             COMPREPLY=($(compgen -W "dataset show stats train vocab --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         "")
-            COMPREPLY=($(compgen -W "completion env eval generate launch memory-estimate merge peft presets pretrain quantize quickstart sft tokenize --version --help -h" -- "$cur"))
+            COMPREPLY=($(compgen -W "completion env eval export generate launch memory-estimate merge peft presets pretrain quantize quickstart serve sft tokenize --version --help -h" -- "$cur"))
             [[ -z "$COMPREPLY" && "$cur" != -* ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
     esac
 }

@@ -56,6 +56,16 @@ def unigram_dir(tmp_path_factory, corpus_texts) -> Path:
 
 
 @pytest.fixture
+def chat_file(tmp_path):
+    """Twelve one-turn conversations (`messages`), for sft runs."""
+    path = tmp_path / "chat.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"What is {i} plus one?"},
+                          {"role": "assistant", "content": f"It is {i + 1}."}]} for i in range(12)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
 def jsonl_file(tmp_path, corpus_texts) -> Path:
     path = tmp_path / "docs.jsonl"
     with path.open("w", encoding="utf-8") as f:
@@ -289,3 +299,37 @@ def qlora_dir(tmp_path_factory, llama_dir) -> Path:
         {"method": "lora", "base_model": str(llama_dir), "quant": "nf4", "double_quant": True, "blocksize": 64,
          "compute_dtype": "fp32"}), encoding="utf-8")
     return out
+
+
+# ------------------------------------------------------------------------------------------------ llmkit serve
+
+@pytest.fixture
+def serving():
+    """Start llmkit.serve's app for a ServeConfig under uvicorn on a free loopback port, in a daemon thread (the
+    model as `llmkit serve` loads it); returns its URL. Every server started stops at the test's end."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from llmkit.runtime import free_port
+    from llmkit.serve import create_app, load_served_model
+
+    running = []
+
+    def start(cfg, api_key: str | None = None) -> str:
+        server = uvicorn.Server(uvicorn.Config(create_app(load_served_model(cfg), cfg, api_key=api_key),
+                                               host="127.0.0.1", port=free_port(), log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        running.append((server, thread))
+        deadline = time.monotonic() + 60
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.started, "the server did not start"
+        return f"http://127.0.0.1:{server.config.port}"
+
+    yield start
+    for server, thread in running:
+        server.should_exit = True
+        thread.join(timeout=30)

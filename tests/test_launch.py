@@ -322,8 +322,8 @@ def test_no_command_after_dashes(cli):
 
 
 def test_a_command_that_is_not_a_training_command_is_refused(cli):
-    assert_clean_error(cli("launch", "--cpu", "--dry-run", "--", "llmkit", "generate", "-m", "x", "--prompt", "y"),
-                       2, "pretrain, sft, peft", "'generate'")
+    assert_clean_error(cli("launch", "--cpu", "--dry-run", "--", "llmkit", "quantize", "-m", "x", "-o", "y"),
+                       2, "pretrain, sft, peft", "'quantize'")
     assert_clean_error(cli("launch", "--cpu", "--dry-run", "--", "python", "train.py"), 2,
                        "launch runs llmkit training commands", "accelerate launch")
 

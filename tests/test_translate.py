@@ -225,6 +225,10 @@ PLAN_MATRIX = [
     ("--model llama-3-8b", "--mode inference --batch-size 8 --seq-len 8192", "12GiB", "1"),
     ("--params 70B", "--mode inference --batch-size 4 --seq-len 2048", "48GiB", "1"),
     ("--model qwen2.5-0.5b", "--mode inference --precision fp32 --batch-size 64 --seq-len 4096", "8GiB", "1"),
+    # FSDP: plans that name it, and runs asked for under it
+    ("--model llama-2-7b", "--batch-size 1 --seq-len 2048", "24GiB", "8"),
+    ("--params 13B", "--batch-size 2 --seq-len 2048 --strategy fsdp --mixed-precision bf16", "40GiB", "8"),
+    ("--model llama-3-8b", "--batch-size 2 --seq-len 4096 --strategy fsdp --peft lora", "24GiB", "4"),
 ]
 
 
@@ -242,8 +246,10 @@ def test_every_plan_is_a_command_line_its_command_accepts(cli, model, flags, bud
         assert argv[0] == "llmkit" and shlex.split(plan["command"]) == argv
         if argv[1] == "launch":
             dashes = argv.index("--")
-            # a plan names placeholder sources (MODEL, DATA): its flags are checked, its sources cannot be
-            launched = cli(*argv[1:dashes], "--cpu", "--dry-run", "--no-check-sources", "--json", *argv[dashes:])
+            # a plan names placeholder sources (MODEL, DATA): its flags are checked, its sources cannot be. launch
+            # refuses FSDP on CPUs, and plans it for GPUs without needing one
+            cpu = [] if argv[argv.index("--strategy") + 1] == "fsdp" else ["--cpu"]
+            launched = cli(*argv[1:dashes], *cpu, "--dry-run", "--no-check-sources", "--json", *argv[dashes:])
             assert launched.exit_code == 0, (plan["command"], launched.stderr)
             training = argv[dashes + 2:]
         else:
@@ -268,11 +274,13 @@ def _reestimate(argv, resolved, model, flags):
         return memory.estimate(dataclasses.replace(original, batch_size=resolved.batch_size,
                                                    seq_len=resolved.max_length, precision=resolved.dtype,
                                                    quant=quant), spec)
-    zero, offload, gpus = 0, "none", 1
+    zero, offload, gpus, strategy = 0, "none", 1, None
     if argv[1] == "launch":
-        zero, offload = STRATEGY_ZERO[argv[argv.index("--strategy") + 1]]
+        strategy = argv[argv.index("--strategy") + 1]
+        zero, offload = STRATEGY_ZERO[strategy]
         gpus = int(argv[argv.index("--num-processes") + 1])
-    mem_cfg = translate.memory_config(resolved, zero=zero, offload=offload, gpus=gpus, attention=original.attention)
+    mem_cfg = translate.memory_config(resolved, zero=zero, offload=offload, gpus=gpus, attention=original.attention,
+                                      strategy=strategy)
     return memory.estimate(dataclasses.replace(mem_cfg, model=original.model, params=original.params), spec)
 
 

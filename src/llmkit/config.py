@@ -36,7 +36,7 @@ Offload = Literal["none", "optimizer", "optimizer+params"]
 FitLever = Literal["batch", "seq-len"]
 ZeroStage = Literal[0, 1, 2, 3]
 # `llmkit launch`'s strategies as (ZeRO stage, offload): the distributed layouts llmkit runs, so the only ones a plan
-# may name (FSDP FULL_SHARD partitions like ZeRO-3)
+# may name (FSDP FULL_SHARD partitions like ZeRO-3; memory-estimate models its memory apart: --strategy fsdp)
 STRATEGY_ZERO = {"ddp": (0, "none"), "zero1": (1, "none"), "zero2": (2, "none"), "zero3": (3, "none"),
                  "zero2-offload": (2, "optimizer"), "zero3-offload": (3, "optimizer+params"), "fsdp": (3, "none")}
 LaunchStrategy = Literal[(*STRATEGY_ZERO, "auto")]
@@ -414,6 +414,9 @@ class MemoryEstimateConfig:
         elif self.offload == "optimizer+params" and self.zero != 3:
             problems.append("--offload optimizer+params needs --zero 3: only ZeRO-3 partitions (and offloads) "
                             "parameters")
+        if self.uses_fsdp and self.device == "cpu":
+            problems.append("--strategy fsdp with --device cpu: accelerate's FSDP needs a GPU per process (`llmkit "
+                            "launch` refuses it on CPUs); use --strategy zero3, the same partitioning on DeepSpeed")
         if self.plan and self.gpu_memory is None:
             problems.append("--plan needs --gpu-memory: the budget the plans must fit")
         if self.fit is not None and self.gpu_memory is None:
@@ -434,6 +437,11 @@ class MemoryEstimateConfig:
         return "bf16" if self.mode == "inference" else "fp32"
 
     @property
+    def uses_fsdp(self) -> bool:
+        """--strategy fsdp: --zero 3's partitioning, but PyTorch FSDP's memory (llmkit.memory._fsdp_estimate)."""
+        return self.strategy == "fsdp"
+
+    @property
     def gpu_memory_bytes(self) -> int | None:
         return None if self.gpu_memory is None else gpu_memory_size(self.gpu_memory)[0]
 
@@ -447,7 +455,13 @@ class MemoryEstimateConfig:
 
 Objective = Literal["causal-lm", "masked-lm", "seq2seq", "prefix-lm"]
 Scheduler = Literal["linear", "cosine", "constant", "constant-with-warmup"]
-ReportTo = Literal["none", "tensorboard"]
+ReportTo = Literal["none", "tensorboard", "wandb", "mlflow"]
+
+
+def report_targets(report_to: str) -> list[str]:
+    """--report-to's trackers in the order given: [] for none, else the comma list's names (checked by TrainArgs)."""
+    names = [name.strip() for name in report_to.split(",")]
+    return [] if names == ["none"] else names
 
 
 @config_class
@@ -459,6 +473,9 @@ class ModelArgs:
     tokenizer: str | None = redefault(TokenizerArgs, "tokenizer", None)
     from_scratch: bool = opt(False, "Random initialisation from --model's architecture (needs --tokenizer).")
     trust_remote_code: bool = redefault(RemoteCodeArgs, "trust_remote_code", False)
+    attention: Attention | None = opt(None, "The attention kernel: eager | sdpa | flash (flash-attention 2: a CUDA GPU "
+                                            "and the flash-attn package); default: transformers' choice for the "
+                                            "model (sdpa where it has it).")
 
     def _model_problems(self, problems: list[str]) -> None:
         if not self.model:
@@ -561,7 +578,12 @@ class TrainArgs:
     output_dir: str = redefault(OutputArgs, "output_dir", "")
     overwrite: bool = redefault(OutputArgs, "overwrite", False)
     resume: str | None = opt(None, "auto (the last intact checkpoint in --output-dir) or a checkpoint dir.")
-    report_to: ReportTo = opt("none", "Where metrics go besides metrics.jsonl (tensorboard: OUTPUT/tensorboard).")
+    # text, not a ReportTo: several trackers can be given as a comma list, which _train_problems checks
+    report_to: str = opt("none", "none | tensorboard | wandb | mlflow, or several as a comma list (default none): "
+                                 "where metrics go besides metrics.jsonl (tensorboard: OUTPUT/tensorboard; wandb: project "
+                                 "$WANDB_PROJECT (default llmkit), run named after OUTPUT, files in $WANDB_DIR or "
+                                 "OUTPUT, offline with WANDB_MODE=offline; mlflow: $MLFLOW_TRACKING_URI, else a file "
+                                 "store in OUTPUT/mlruns, experiment $MLFLOW_EXPERIMENT_NAME (default llmkit)).")
     deepspeed: str | None = opt(None, "A DeepSpeed JSON config, passed to the Trainer as is.")
 
     def _train_problems(self, problems: list[str]) -> None:
@@ -577,6 +599,10 @@ class TrainArgs:
             problems.append("--overwrite deletes the checkpoints --resume needs: give one of them")
         if self.deepspeed is not None and not self.deepspeed.endswith(".json"):
             problems.append(f"--deepspeed takes a DeepSpeed JSON config file (got {self.deepspeed!r})")
+        targets = report_targets(self.report_to)
+        if len(set(targets)) != len(targets) or not set(targets) <= set(get_args(ReportTo)[1:]):
+            problems.append(f"--report-to takes none, or one or more of tensorboard, wandb, mlflow separated by "
+                            f"commas (got {self.report_to!r})")
 
 
 @config_class
@@ -646,7 +672,7 @@ class PretrainConfig(ObjectiveArgs, TrainArgs, OptimArgs, DataArgs, ModelArgs):
 
 
 SFTFormat = Literal["auto", "alpaca", "messages", "sharegpt", "prompt-completion"]
-SFTTask = Literal["chat", "seq-cls", "token-cls", "extractive-qa"]
+SFTTask = Literal["chat", "seq-cls", "token-cls", "extractive-qa", "seq2seq"]
 TASK_PANEL = "Task heads (--task)"
 MultiTurn = Literal["all", "last", "expand"]
 
@@ -680,7 +706,8 @@ class SFTConfig(TrainArgs, OptimArgs, DataArgs, ModelArgs):
     # ---- task heads (#10): --task seq-cls | token-cls | extractive-qa; --task chat (default) ignores this block.
     # seq-cls reads DataArgs' --text-field (default text); --seq-len is the longest input (longer is truncated).
     task: SFTTask = opt("chat", "chat (instruction tuning, default) | seq-cls (classification, regression) | token-"
-                                "cls (NER) | extractive-qa (SQuAD-style).", panel=TASK_PANEL)
+                                "cls (NER) | extractive-qa (SQuAD-style) | seq2seq (source -> target on an encoder-"
+                                "decoder: summarization, translation).", panel=TASK_PANEL)
     text_pair_field: str | None = opt(None, "seq-cls: a second text column (NLI pairs).", panel=TASK_PANEL)
     label_field: str = opt("label", "seq-cls: the label column: names, class ids, or floats for a regression.",
                            panel=TASK_PANEL)
@@ -697,6 +724,22 @@ class SFTConfig(TrainArgs, OptimArgs, DataArgs, ModelArgs):
     doc_stride: int | None = opt(None, "extractive-qa: tokens shared by the overlapping windows of a long context "
                                        "(default 128, at most a quarter of --seq-len).", panel=TASK_PANEL)
     max_answer_length: int = opt(30, "extractive-qa evaluation: longest answer, tokens.")
+    # seq2seq: --seq-len is the longest source (prefix included), longer sources and targets are truncated
+    source_field: str = opt("source", "seq2seq: the source text column.", panel=TASK_PANEL)
+    target_field: str = opt("target", "seq2seq: the target text column.", panel=TASK_PANEL)
+    source_lang: str | None = opt(None, "seq2seq: fills {source_lang} in --source-prefix; rows shaped {translation: "
+                                        "{LANG: text, ...}} take the source from this key.", panel=TASK_PANEL)
+    target_lang: str | None = opt(None, "seq2seq: fills {target_lang} in --source-prefix; the target's key in "
+                                        "{translation: {...}} rows.", panel=TASK_PANEL)
+    source_prefix: str | None = opt(None, "seq2seq: text put before every source, as T5 was trained ('summarize: ', "
+                                          "'translate {source_lang} to {target_lang}: ').", panel=TASK_PANEL)
+    max_target_len: int = opt(128, "seq2seq: longest target, tokens (eos included).", panel=TASK_PANEL)
+    # the decoding of the evaluation, spelled as `llmkit generate` spells it, and saved in the model's
+    # generation_config so that generate decodes the trained model the same way
+    max_new_tokens: int | None = opt(None, "seq2seq evaluation: most tokens generated (default: --max-target-len).",
+                                     panel=TASK_PANEL)
+    num_beams: int | None = opt(None, "seq2seq evaluation: beam search with this many beams (default: greedy).",
+                                panel=TASK_PANEL)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -729,8 +772,16 @@ class SFTConfig(TrainArgs, OptimArgs, DataArgs, ModelArgs):
             problems.append(f"--template/--chat-template/--train-on-prompt apply to --task chat, not {self.task}")
         if len(set(self.labels)) != len(self.labels):
             problems.append("--labels must not repeat a label")
-        if self.labels and self.task == "extractive-qa":
-            problems.append("--labels applies to seq-cls and token-cls, not extractive-qa")
+        if self.labels and self.task in ("extractive-qa", "seq2seq"):
+            problems.append(f"--labels applies to seq-cls and token-cls, not {self.task}")
+        if self.task == "seq2seq":
+            for flag, value in (("--max-target-len", self.max_target_len), ("--max-new-tokens", self.max_new_tokens),
+                                ("--num-beams", self.num_beams)):
+                _positive(problems, flag, value)
+            for name, value in (("source_lang", self.source_lang), ("target_lang", self.target_lang)):
+                if "{" + name + "}" in (self.source_prefix or "") and not value:
+                    problems.append(f"--source-prefix {self.source_prefix!r} names {{{name}}}: give "
+                                    f"--{name.replace('_', '-')}")
         if self.task == "extractive-qa":
             _positive(problems, "--doc-stride", self.doc_stride)
             _positive(problems, "--max-answer-length", self.max_answer_length)
@@ -977,8 +1028,33 @@ class TaskHeadArgs:
     normalize: bool = opt(False, "feature-extraction: unit-length vectors.")
 
 
+Backend = Literal["torch", "onnxruntime"]
+
+
 @config_class
-class GenerateConfig(TaskHeadArgs, DecodingArgs, PromptArgs, RemoteCodeArgs, SeedArgs, ModelLoadArgs):
+class BackendArgs:
+    """What runs the loaded model (generate, serve): PyTorch, or ONNX Runtime on a `llmkit export` dir."""
+
+    PANEL: ClassVar[str] = ModelLoadArgs.PANEL
+    backend: Backend = opt("torch", "What runs the model; onnxruntime takes the dir `llmkit export --format onnx` "
+                                    "wrote (-m EXPORT_DIR).")
+
+    def _backend_problems(self, problems: list[str]) -> None:
+        """What the exported graph cannot do: its weights are fixed fp32, with no adapter, and it is a generator."""
+        if self.backend != "onnxruntime":
+            return
+        given = [flag for flag, value in (("--adapter", self.adapter), ("--load-in-4bit", self.load_in_4bit),
+                                          ("--load-in-8bit", self.load_in_8bit),
+                                          (f"--dtype {self.dtype}", self.dtype not in ("auto", "fp32"))) if value]
+        if given:
+            problems.append(f"--backend onnxruntime runs the exported fp32 graph as it is: {', '.join(given)} "
+                            "apply to --backend torch (merge an adapter with `llmkit merge` before exporting)")
+        if self.task in ANALYSIS_TASKS:
+            problems.append(f"--backend onnxruntime generates text; --task {self.task} runs on --backend torch")
+
+
+@config_class
+class GenerateConfig(BackendArgs, TaskHeadArgs, DecodingArgs, PromptArgs, RemoteCodeArgs, SeedArgs, ModelLoadArgs):
     """`llmkit generate`: the model (with --adapter, default: the adapter's base), what to generate from, how."""
 
     preset_kind: ClassVar[str] = "generate"
@@ -987,6 +1063,7 @@ class GenerateConfig(TaskHeadArgs, DecodingArgs, PromptArgs, RemoteCodeArgs, See
         problems: list[str] = []
         if not self.model and not self.adapter:
             problems.append("--model is required")
+        self._backend_problems(problems)
         if self.task in ANALYSIS_TASKS:
             self._analysis_problems(problems)
             validate(problems)
@@ -1075,6 +1152,60 @@ class GenerateConfig(TaskHeadArgs, DecodingArgs, PromptArgs, RemoteCodeArgs, See
             _positive(problems, flag, value)
         if self.doc_stride is not None and self.max_length is not None and self.doc_stride >= self.max_length:
             problems.append(f"--doc-stride {self.doc_stride} must be smaller than --max-length {self.max_length}")
+
+
+@config_class
+class ServerArgs:
+    """Where `llmkit serve` listens, who may call it, and how much one request and the queue may hold."""
+
+    PANEL: ClassVar[str] = "Server"
+    host: str = opt("127.0.0.1", "Address to listen on (0.0.0.0: every interface; mind --api-key).")
+    port: int = opt(8000, "TCP port.")
+    api_key: str | None = opt(None, "Clients must send `Authorization: Bearer KEY` (default: $LLMKIT_API_KEY; "
+                                    "unset: no key).")
+    max_tokens: int = opt(1024, "Most new tokens one request may ask for (more: HTTP 400).")
+    max_body_bytes: int = opt(1_000_000, "Largest request body in bytes (larger: HTTP 413).")
+    request_timeout: float = opt(300.0, "Seconds a request may wait and generate (then HTTP 504, or the stream "
+                                        "ends).")
+    max_batch_size: int = opt(8, "Waiting requests generated together in one batch (1: one at a time).")
+    max_queue: int = opt(64, "Requests that may wait for the model (more: HTTP 503).")
+    ui: bool = opt(False, "Also serve a Gradio web demo at /ui (and / leads there): a chat for a model with a chat "
+                          "template, a completion box otherwise; with an API key, it is the demo's password.")
+
+
+SERVED_TASKS = ("text-generation", "summarization", "translation", "text-classification", "feature-extraction")
+
+
+@config_class
+class ServeConfig(ServerArgs, BackendArgs, DecodingArgs, RemoteCodeArgs, SeedArgs, ModelLoadArgs):
+    """`llmkit serve`: a generation model behind an OpenAI-compatible HTTP API. Model loading and decoding are the
+    blocks of generate: a request's own values (max_tokens, temperature, top_p, stop, seed) go over these. A
+    classifier or an embedding model (--task, or its head) is served at /v1/classify or /v1/embeddings."""
+
+    preset_kind: ClassVar[str] = "serve"
+    chat_template: str | None = redefault(PromptArgs, "chat_template", None)
+    pooling: Pooling = redefault(TaskHeadArgs, "pooling", "mean")
+    normalize: bool = redefault(TaskHeadArgs, "normalize", False)
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if not self.model and not self.adapter:
+            problems.append("--model is required")
+        if self.task is not None and self.task not in SERVED_TASKS:
+            problems.append(f"--task {self.task}: serve runs {', '.join(SERVED_TASKS)}")
+        if not 0 <= self.port <= 65535:
+            problems.append(f"--port must be in 0..65535 (got {self.port})")
+        for flag, value in (("--max-tokens", self.max_tokens), ("--max-body-bytes", self.max_body_bytes),
+                            ("--request-timeout", self.request_timeout), ("--max-batch-size", self.max_batch_size),
+                            ("--max-queue", self.max_queue)):
+            _positive(problems, flag, value)
+        if self.max_new_tokens is not None and self.max_new_tokens > self.max_tokens:
+            problems.append(f"--max-new-tokens {self.max_new_tokens} is more than --max-tokens {self.max_tokens} "
+                            "(the most a request may ask for)")
+        self._decoding_problems(problems)
+        self._load_problems(problems)
+        self._backend_problems(problems)
+        validate(problems)
 
 
 ExplainMethod = Literal["absmax-int8", "vector-int8", "llm-int8", "nf4", "fp4"]
@@ -1225,6 +1356,38 @@ class MergeConfig(RemoteCodeArgs, OutputArgs, MergeSourceArgs):
         if not _SHARD_SIZE.fullmatch(str(self.max_shard_size)) or not int(re.sub(r"\D", "", str(self.max_shard_size))):
             problems.append(f"--max-shard-size {self.max_shard_size!r} is not a size save_pretrained takes: a whole "
                             "number and a unit, e.g. 2GB, 500MB, 4GiB")
+        validate(problems)
+
+
+# ----------------------------------------------------------------------------------------------------- export
+
+ExportFormat = Literal["onnx"]
+
+
+@config_class
+class ExportSourceArgs:
+    """What export reads (first in --help and --print-config)."""
+
+    model: str = redefault(ModelDeviceArgs, "model", "")
+
+
+@config_class
+class ExportConfig(RemoteCodeArgs, OutputArgs, ExportSourceArgs):
+    preset_kind: ClassVar[str] = "export"
+    format: ExportFormat = opt("onnx", "The runtime format to export to.")
+    opset: int = opt(17, "The ONNX opset the graph is written in.")
+    atol: float = opt(1e-4, "Largest allowed max |Δlogit| between ONNX Runtime and PyTorch; over it, the export fails "
+                            "and nothing is written.")
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if not self.model:
+            problems.append("--model is required: a model dir or hub id")
+        self._output_problems(problems)
+        if not 7 <= self.opset <= 20:   # the opsets torch's TorchScript exporter writes (torch.onnx._constants)
+            problems.append(f"--opset must be from 7 to 20 (got {self.opset})")
+        if not self.atol >= 0:
+            problems.append(f"--atol must be 0 or more (got {self.atol})")
         validate(problems)
 
 

@@ -1,5 +1,6 @@
 """`llmkit launch`: run a training command (pretrain, sft, peft) on several processes and nodes with accelerate and
-DeepSpeed: DDP, ZeRO-1/2/3, ZeRO with CPU/NVMe offload, FSDP, or the cheapest strategy that fits (`auto`).
+DeepSpeed: DDP, ZeRO-1/2/3, ZeRO with CPU/NVMe offload, FSDP, or the cheapest strategy that fits (`auto`); or a batch
+`generate` (--input/--output) as data-parallel inference: every rank a whole model and its share of the lines.
 
 Light by design: planning, the generated files (an accelerate YAML in accelerate's own schema, a DeepSpeed JSON, a
 hostfile, one command per node, a SLURM script) and the memory figures (memory-estimate's arithmetic) are pure Python;
@@ -34,6 +35,7 @@ from llmkit.runtime import free_port
 # --strategy auto tries these in this order (fastest first) and takes the first that fits --gpu-memory
 AUTO_ORDER = ("ddp", "zero1", "zero2", "zero3", "zero2-offload", "zero3-offload")
 TRAINING_COMMANDS = ("pretrain", "sft", "peft")
+INFERENCE_COMMANDS = ("generate",)   # batch mode only: the ranks split the input lines (llmkit.inference.parallel)
 DEFAULT_PORT = 29500
 ACCELERATE_CONFIG = "accelerate_config.yaml"
 DEEPSPEED_CONFIG = "deepspeed_config.json"
@@ -51,7 +53,11 @@ class TrainingCommand:
 
     subcommand: str
     args: tuple[str, ...]
-    config: Any                      # PretrainConfig | SFTConfig | PeftConfig
+    config: Any                      # PretrainConfig | SFTConfig | PeftConfig | GenerateConfig
+
+    @property
+    def inference(self) -> bool:
+        return self.subcommand in INFERENCE_COMMANDS
 
     def gave(self, flag: str) -> bool:
         """Whether the command line itself passes --FLAG (launch must not pass it a second time)."""
@@ -59,7 +65,7 @@ class TrainingCommand:
 
 
 def check_training_argv(argv: list[str] | tuple[str, ...] | None) -> list[str]:
-    """Check that ARGV is `llmkit pretrain|sft|peft ...`; returns it as a list."""
+    """Check that ARGV is `llmkit pretrain|sft|peft|generate ...`; returns it as a list."""
     argv = list(argv or [])
     if not argv:
         raise ConfigError("no training command after --",
@@ -69,11 +75,16 @@ def check_training_argv(argv: list[str] | tuple[str, ...] | None) -> list[str]:
         raise ConfigError(f"launch runs llmkit training commands, not {program!r}",
                           hint="start the command after -- with llmkit: -- llmkit pretrain|sft|peft ... "
                                "(for another script use accelerate launch itself)")
-    if len(argv) < 2 or argv[1] not in TRAINING_COMMANDS:
+    if len(argv) > 1 and argv[1] == "eval":
+        raise ConfigError("launch does not run eval: its figures (perplexity over sliding windows, task scores) "
+                          "are aggregates over every row, which the ranks would have to combine",
+                          hint="run `llmkit eval ...` in one process")
+    if len(argv) < 2 or argv[1] not in TRAINING_COMMANDS + INFERENCE_COMMANDS:
         got = argv[1] if len(argv) > 1 else "nothing"
-        raise ConfigError(f"launch runs the training commands {', '.join(TRAINING_COMMANDS)}, not {got!r}",
-                          hint="every process runs the command after --, so only training makes sense there: "
-                               "-- llmkit pretrain|sft|peft ...")
+        raise ConfigError(f"launch runs the training commands {', '.join(TRAINING_COMMANDS)} and batch generate, "
+                          f"not {got!r}",
+                          hint="every process runs the command after --, so only training (or a batch that the "
+                               "ranks split) makes sense there: -- llmkit pretrain|sft|peft|generate ...")
     for flag in ("--help", "-h", "--print-config"):
         if flag in argv[2:]:
             raise ConfigError(f"the training command has {flag}: every process would print and exit",
@@ -241,21 +252,11 @@ def plan_launch(cfg, command: TrainingCommand, check_port: bool = True) -> Plan:
         problems.append(f"--nodes {nodes} needs --main-ip: the address of node 0, which every node connects to")
     if cfg.node_rank >= nodes:
         problems.append(f"--node-rank {cfg.node_rank} must be below --nodes {nodes} (node ranks are 0..{nodes - 1})")
-    mixed = cfg.mixed_precision
-    train_mixed = command.config.mixed_precision
-    if mixed is None:
-        mixed = train_mixed
-    elif command.gave("--mixed-precision") and train_mixed != mixed:
-        problems.append(f"--mixed-precision {mixed} but the training command says --mixed-precision {train_mixed}: "
-                        "give it once (launch passes its own to the training command)")
-    if mixed == "fp16" and cfg.cpu:
-        problems.append("--mixed-precision fp16 on CPUs: fp16 autocast has no CPU gradient scaler; use bf16 "
-                        "(slow without native bf16) or no")
-    if mixed not in ("no", "fp16", "bf16"):
-        problems.append(f"the training command's --mixed-precision {mixed!r} is not no, fp16 or bf16")
-    if command.config.deepspeed is not None:
-        problems.append("the training command has --deepspeed: launch writes the DeepSpeed config of --strategy "
-                        "itself; drop --deepspeed from the command after --")
+    if command.inference:
+        problems += inference_problems(cfg, command.config)
+        mixed = "no"   # generate loads the weights in its own --dtype
+    else:
+        mixed = _training_mixed_precision(cfg, command, problems)
     quant = quantized(command.config)
     strategy = cfg.strategy
     if quant and strategy in ("zero3", "zero3-offload", "fsdp"):
@@ -292,7 +293,8 @@ def plan_launch(cfg, command: TrainingCommand, check_port: bool = True) -> Plan:
 
     # memory per rank (memory-estimate), and the choice for auto
     memory, candidates, note = None, [], None
-    spec, note = _model_spec(command)
+    spec, note = (None, "inference: every rank holds a whole copy of the model") if command.inference \
+        else _model_spec(command)
     if strategy == "auto":
         if spec is None:
             raise ConfigError(f"--strategy auto needs the model's size, and {note}",
@@ -343,6 +345,45 @@ def plan_launch(cfg, command: TrainingCommand, check_port: bool = True) -> Plan:
     plan.files = _file_names(plan)
     plan.commands = [node_command(plan, r) for r in range(nodes)]
     return plan
+
+
+def _training_mixed_precision(cfg, command: TrainingCommand, problems: list[str]) -> str:
+    """The autocast every training process runs with (launch's --mixed-precision, else the command's own)."""
+    mixed = cfg.mixed_precision
+    train_mixed = command.config.mixed_precision
+    if mixed is None:
+        mixed = train_mixed
+    elif command.gave("--mixed-precision") and train_mixed != mixed:
+        problems.append(f"--mixed-precision {mixed} but the training command says --mixed-precision {train_mixed}: "
+                        "give it once (launch passes its own to the training command)")
+    if mixed == "fp16" and cfg.cpu:
+        problems.append("--mixed-precision fp16 on CPUs: fp16 autocast has no CPU gradient scaler; use bf16 "
+                        "(slow without native bf16) or no")
+    if mixed not in ("no", "fp16", "bf16"):
+        problems.append(f"the training command's --mixed-precision {mixed!r} is not no, fp16 or bf16")
+    if command.config.deepspeed is not None:
+        problems.append("the training command has --deepspeed: launch writes the DeepSpeed config of --strategy "
+                        "itself; drop --deepspeed from the command after --")
+    return mixed
+
+
+def inference_problems(cfg, generate) -> list[str]:
+    """Why `generate` (its GenerateConfig) cannot run as data-parallel inference under these launch flags."""
+    problems = []
+    if generate.input is None or generate.output is None:
+        problems.append("launch runs generate in batch mode only (--input and --output): the ranks split the input "
+                        "lines; a --prompt, --message or --chat is one process's work, so run llmkit generate alone")
+    elif Path(generate.output).suffix == ".npy":
+        problems.append(f"--output {generate.output}: an .npy array is written whole by one process, so the ranks "
+                        "cannot share it; write a .jsonl --output, or run llmkit generate alone")
+    if cfg.strategy != "ddp":
+        problems.append(f"--strategy {cfg.strategy} with generate: ZeRO and FSDP partition what training needs "
+                        "(weights, gradients, optimizer state) across ranks; batch inference has no gradients, and "
+                        "each rank generates its lines with a whole model: use --strategy ddp (the default)")
+    if cfg.mixed_precision is not None:
+        problems.append("--mixed-precision with generate: autocast is a training setting; generate loads the weights "
+                        "in its own --dtype")
+    return problems
 
 
 def _scratch_dir(plan: Plan, cfg) -> Path:
@@ -565,7 +606,8 @@ def _memory(cfg, command: TrainingCommand, spec, strategy: str, num_processes: i
     try:
         mem_cfg = translate.memory_config(command.config, zero=zero, offload=offload, gpus=num_processes,
                                           nodes=nodes, gpu_memory=cfg.gpu_memory, mixed_precision=mixed,
-                                          overhead="0" if cfg.cpu else None, device="cpu" if cfg.cpu else "cuda")
+                                          overhead="0" if cfg.cpu else None, device="cpu" if cfg.cpu else "cuda",
+                                          strategy="fsdp" if strategy == "fsdp" else None)
         est = estimate(mem_cfg, spec=spec)
     except LlmkitError as exc:
         raise ConfigError(f"memory-estimate refuses this run: {exc.message}", hint=exc.hint) from None

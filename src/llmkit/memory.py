@@ -252,7 +252,7 @@ def _setup(cfg: Any, spec: ModelSpec) -> _Setup:
     precision = cfg.effective_precision
     mixed = cfg.mixed_precision != "no"
     world = cfg.gpus * cfg.nodes
-    deepspeed16 = cfg.zero > 0 and mixed
+    deepspeed16 = cfg.zero > 0 and mixed and not cfg.uses_fsdp   # FSDP's fp32 shards are its master weights
     if deepspeed16:
         # DeepSpeed converts the model to 16-bit and keeps the fp32 master weights inside its optimizer
         return _Setup(task, "pure16", 2, 2, 4, 4, 2, world)
@@ -655,6 +655,8 @@ def _estimate(cfg: Any, spec: ModelSpec, groups_cache: dict | None = None, light
     if cfg.mode == "inference":
         return _inference(cfg, spec, setup, t)
     act = _activations(cfg, spec, setup, t)
+    if cfg.uses_fsdp:
+        return _fsdp_estimate(cfg, spec, setup, t, act, light)
     world = setup.world
     zero = cfg.zero
     offload_opt = cfg.offload in ("optimizer", "optimizer+params")
@@ -735,18 +737,12 @@ def _estimate(cfg: Any, spec: ModelSpec, groups_cache: dict | None = None, light
     # ---- optimizer step: all gradients, states and the optimizer's temporaries
     opt_temp = _optimizer_temporaries(cfg, t, setup, world, offload_opt)
     opt_phase = weights_dev + grads_dev_final + states_dev + opt_temp
-    if fwd_bwd >= opt_phase:
-        peak_phase = "forward_backward"
-        rows = {"weights": weights_dev + fb_copies, "gradients": fb_grads, "optimizer": states_dev,
-                "activations": fb_acts}
-    else:
-        peak_phase = "optimizer_step"
-        rows = {"weights": weights_dev, "gradients": grads_dev_final, "optimizer": states_dev + opt_temp,
-                "activations": 0.0}
-    per_device = {k: int(round(v)) for k, v in rows.items()}
-    overhead = overhead_bytes(cfg, max(fwd_bwd, opt_phase))
-    per_device["overhead"] = overhead
-    per_device["total"] = sum(per_device.values())
+    peak_phase, per_device = _peak(
+        cfg, fwd_bwd, opt_phase,
+        {"weights": weights_dev + fb_copies, "gradients": fb_grads, "optimizer": states_dev, "activations": fb_acts},
+        {"weights": weights_dev, "gradients": grads_dev_final, "optimizer": states_dev + opt_temp,
+         "activations": 0.0})
+    overhead = per_device["overhead"]
     host_ram = _host_ram(cfg, spec, t, cpu_ram)
 
     # ---- communication per optimizer step (ring all-reduce / reduce-scatter / all-gather, bytes sent per device)
@@ -811,6 +807,140 @@ def _estimate(cfg: Any, spec: ModelSpec, groups_cache: dict | None = None, light
                                                               "optimizer_step": int(opt_phase)},
         explain=explain, fits=(per_device["total"] <= gpu_memory) if gpu_memory is not None else None,
         gpu_memory=gpu_memory, notes=notes, host_ram_bytes=host_ram)
+
+
+def _peak(cfg: Any, fwd_bwd: float, opt_phase: float, at_forward_backward: dict[str, float],
+          at_step: dict[str, float]) -> tuple[str, dict[str, int]]:
+    """The peak phase and its rows (those of the larger phase), with the overhead and the total."""
+    peak_phase, rows = (("forward_backward", at_forward_backward) if fwd_bwd >= opt_phase
+                        else ("optimizer_step", at_step))
+    per_device = {k: int(round(v)) for k, v in rows.items()}
+    per_device["overhead"] = overhead_bytes(cfg, max(fwd_bwd, opt_phase))
+    per_device["total"] = sum(per_device.values())
+    return peak_phase, per_device
+
+
+def _fsdp_estimate(cfg: Any, spec: ModelSpec, setup: _Setup, t: _Tensors, act: _Activations,
+                   light: bool) -> Estimate:
+    """FSDP FULL_SHARD as `llmkit launch --strategy fsdp` has accelerate run it (FSDP1, TRANSFORMER_BASED_WRAP,
+    BACKWARD_PRE, use_orig_params, accelerate's default limit_all_gathers), read off torch 2.13's
+    torch/distributed/fsdp/_runtime_utils.py and _flat_param.py and accelerate 1.15's accelerator.py and state.py:
+    - one FlatParameter per block and the root's for the rest (embeddings, final norm, head); each rank keeps a 1/N
+      shard of each in the stored dtype. Under --mixed-precision accelerate sets MixedPrecision(param_dtype =
+      reduce_dtype = the 16-bit dtype) (FullyShardedDataParallelPlugin.set_mixed_precision) and upcasts the shards to
+      fp32 (Accelerator.prepare_model), so the shards are the fp32 master weights, forward and backward run on 16-bit
+      gathered copies (with autocast on top: no other weight copies) and gradients are computed in 16 bits;
+    - a block is gathered for its forward and freed after it, then gathered again for its backward, BACKWARD_PRE
+      prefetching the next one: two blocks at once in backward (the rate limiter allows no more). The root is not
+      freed after its forward (_post_forward_reshard): it stays gathered through forward and backward;
+    - a unit's gradient is computed unsharded over its whole FlatParameter (use_orig_params fills frozen parts with
+      zeros), reduce-scattered into a padded 1/N shard (_get_reduce_scatter_tensors) and cast to the stored dtype
+      (_cast_grad_to_param_dtype). The root's unsharded gradient lives from the head's backward to the end;
+    - with --grad-accum > 1 the Trainer runs every micro-step but the last under accelerate's no_sync, where FSDP
+      keeps every unit's unsharded gradient (FlatParamHandle.prepare_gradient_for_backward);
+    - the optimizer steps the 1-D sharded views of the original parameters: its states are 1/N, and Adafactor
+      cannot factor a 1-D tensor (a full fp32 second moment).
+    Blocks are averaged over an encoder-decoder's encoder and decoder blocks."""
+    N = setup.world
+    L = spec.layers + spec.decoder_layers
+    stored, compute = setup.weight_bytes, setup.compute_bytes
+    block_numel = t.per_layer_params_bytes / stored
+    root_numel = t.total_numel - block_numel * L
+    first = _first_trainable_layer(cfg, spec)
+    trained_blocks = L - first if t.per_layer_grads else 0
+    if cfg.peft != "none":
+        # transformers' update_fsdp_plugin_peft adds peft's fsdp_auto_wrap_policy: every trainable adapter layer is a
+        # unit of its own, so the blocks' and the root's FlatParameters are frozen and only adapters have gradients
+        block_grad, root_grad = t.per_layer_grads, t.head_grads
+        block_grad_shard, sharded_grads = block_grad / N, t.grads / N
+        reduce_scattered = t.grads
+    else:
+        trained_root_numel = root_numel if t.head_grads or t.embedding_grads else 0.0
+        block_grad = block_numel * compute if trained_blocks else 0.0
+        root_grad = trained_root_numel * compute
+        block_grad_shard = block_numel * stored / N if trained_blocks else 0.0
+        sharded_grads = (trained_blocks * block_numel + trained_root_numel) * stored / N
+        reduce_scattered = trained_blocks * block_grad + root_grad
+
+    sharded_weights = t.weights / N
+    states = (t.trainable_numel * 4 if cfg.optimizer == "adafactor" else t.states) / N
+    # the reduce-scatter's output shard, and its cast to the stored dtype
+    reduce_buffer = block_grad / N + (block_grad_shard if stored != compute else 0.0)
+    no_sync_grads = trained_blocks * block_grad + root_grad if cfg.grad_accum > 1 else 0.0
+
+    def gathered(blocks: int) -> float:
+        return (root_numel + blocks * block_numel) * compute
+
+    # ---- forward/backward, walked block by block: (event, gathered weights, gradients, activations)
+    saved_blocks = sum(act.per_layer)
+    outside_rest = act.outside - act.log_softmax
+    frozen_peak = act.frozen_forward if first > 0 else 0.0
+    events = [("forward", gathered(1), no_sync_grads,
+               saved_blocks + act.outside + max(act.logits_forward, frozen_peak)),
+              ("loss backward", gathered(2), no_sync_grads, saved_blocks + act.outside + act.loss_backward),
+              ("head backward", gathered(2), no_sync_grads or root_grad,
+               saved_blocks + outside_rest + act.head_backward)]
+    remaining = saved_blocks
+    for i in reversed(range(first, L)):
+        reduced = (L - 1 - i) * block_grad_shard
+        unsharded = no_sync_grads or root_grad + block_grad
+        recomputed = act.full_layer if cfg.grad_checkpointing else 0.0
+        events.append((f"block {i} backward", gathered(2), reduced + unsharded + reduce_buffer,
+                       remaining + recomputed + outside_rest + act.layer_backward))
+        remaining -= act.per_layer[i]
+    events.append(("backward end", gathered(0), sharded_grads + root_grad + root_grad / N,
+                   outside_rest if first < L else 0.0))
+    fb_name, fb_gathered, fb_grads, fb_acts = max(events, key=lambda e: e[1] + e[2] + e[3])
+    fwd_bwd = sharded_weights + states + fb_gathered + fb_grads + fb_acts
+
+    # ---- optimizer step: the shards alone, with the step's temporaries on 1/N of the parameters
+    opt_temp = _optimizer_temporaries(cfg, t, setup, N, False) / N
+    opt_phase = sharded_weights + sharded_grads + states + opt_temp
+    peak_phase, per_device = _peak(
+        cfg, fwd_bwd, opt_phase,
+        {"weights": sharded_weights + fb_gathered, "gradients": fb_grads, "optimizer": states,
+         "activations": fb_acts},
+        {"weights": sharded_weights, "gradients": sharded_grads, "optimizer": states + opt_temp, "activations": 0.0})
+    overhead = per_device["overhead"]
+    host_ram = _host_ram(cfg, spec, t, 0.0)
+    # every micro-step gathers all parameters twice (forward, backward); the gradients are reduce-scattered once
+    ring = (N - 1) / N if N > 1 else 0.0
+    comm = ring * (2 * cfg.grad_accum * t.total_numel * compute + reduce_scattered)
+    gpu_memory = cfg.gpu_memory_bytes
+    explain: dict[str, str] = {}
+    if not light:
+        explain = {
+            "weights": f"{t.total_numel:,} params × {stored} B / {N} shards = {sharded_weights:,.0f} B; gathered "
+                       f"{compute}-byte units at the peak ({fb_name}): the root ({root_numel:,.0f} params, kept "
+                       f"through forward and backward) + up to 2 blocks ({block_numel:,.0f} params each) = "
+                       f"{fb_gathered:,.0f} B",
+            "gradients": f"shards {sharded_grads:,.0f} B after the backward (1/{N} of "
+                         + ("the adapters', their own FSDP units" if cfg.peft != "none" else
+                            f"the trained units' in {stored}-byte values")
+                         + f"); the unit in backward's unsharded gradient (and the root's) and the reduce-scatter "
+                           f"shard"
+                         + ("; no_sync keeps every unit's unsharded gradient while accumulating"
+                            if no_sync_grads else "") + f"; at the peak ({fb_name}) {fb_grads:,.0f} B",
+            "optimizer": f"{cfg.optimizer}: {_optimizer_formula(cfg, setup)} on {t.trainable_numel:,} trainable / "
+                         f"{N} = {states:,.0f} B" + ("; unfactored: the sharded views are 1-D"
+                                                      if cfg.optimizer == "adafactor" else "")
+                         + (f"; step temporaries {opt_temp:,.0f} B" if peak_phase == "optimizer_step" else ""),
+            "activations": act.formula + (f"; at the peak ({fb_name}) {fb_acts:,.0f} B"
+                                          if peak_phase == "forward_backward" else "; freed before the step"),
+            "overhead": _overhead_formula(cfg, overhead, max(fwd_bwd, opt_phase)),
+            "total": f"max(forward/backward {fwd_bwd:,.0f} B at {fb_name}, optimizer step {opt_phase:,.0f} B)"
+                     f" + overhead = {per_device['total']:,} B",
+            "communication": f"FSDP: (2*grad_accum*params*{compute} B + reduce-scattered gradients "
+                             f"{reduce_scattered:,.0f} B) * (N-1)/N = {comm:,.0f} B",
+            "host_ram": _host_ram_formula(cfg, spec, host_ram),
+        }
+    return Estimate(
+        params_total=t.total_numel, params_trainable=t.trainable_numel, per_device=per_device, cpu_ram=0,
+        peak_phase=peak_phase, communication_bytes_per_step=int(round(comm)),
+        assumptions={} if light else {**_assumptions(cfg, spec, setup, overhead), "strategy": "fsdp"},
+        phases={"forward_backward": int(fwd_bwd), "optimizer_step": int(opt_phase)}, explain=explain,
+        fits=(per_device["total"] <= gpu_memory) if gpu_memory is not None else None, gpu_memory=gpu_memory,
+        host_ram_bytes=host_ram)
 
 
 def _zero3_gathered(t: _Tensors) -> float:

@@ -109,6 +109,7 @@ AUTO_CLASSES = {
     "feature-extraction": "AutoModel",
 }
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+ATTENTION_IMPLEMENTATIONS = {"eager": "eager", "sdpa": "sdpa", "flash": "flash_attention_2"}   # --attention
 
 
 def model_config_fields(name: str) -> dict | None:
@@ -121,10 +122,12 @@ def model_config_fields(name: str) -> dict | None:
 
 
 def build_model(name_or_fields: str | dict, task: str = "causal-lm", *, vocab_size: int | None = None,
-                dtype: str | None = None, overrides: dict | None = None, seed: int | None = None):
+                dtype: str | None = None, overrides: dict | None = None, seed: int | None = None,
+                attention: str | None = None):
     """A randomly initialised model from a preset name, a config.json path or config fields (`--from-scratch`).
 
-    `vocab_size` makes the embedding match a tokenizer; `overrides` replace config fields (layers, hidden, ...).
+    `vocab_size` makes the embedding match a tokenizer; `overrides` replace config fields (layers, hidden, ...);
+    `attention` is --attention's kernel (None: transformers' choice).
     """
     import torch
     import transformers
@@ -156,8 +159,9 @@ def build_model(name_or_fields: str | dict, task: str = "causal-lm", *, vocab_si
     if seed is not None:
         torch.manual_seed(seed)
     try:
-        model = auto.from_config(config)
+        model = auto.from_config(config, **attention_option(attention))
     except ValueError as exc:
+        _refuse_attention(str(exc).splitlines()[0], attention)
         raise ConfigError(f"a {model_type} model cannot do {task}: {str(exc).splitlines()[0]}",
                           hint=f"choose a task that fits a {model_type} model") from None
     if dtype is not None:
@@ -176,6 +180,19 @@ def check_model_source(name: str) -> None:
         raise ModelLoadError(f"no such model directory: {name}", hint="check the path")
     else:
         _load_cached_or_require_hub(name, "config.json", "model")
+
+
+def attention_option(attention: str | None) -> dict[str, str]:
+    """from_pretrained/from_config's keyword for --attention ({} leaves the choice to transformers)."""
+    return {} if attention is None else {"attn_implementation": ATTENTION_IMPLEMENTATIONS[attention]}
+
+
+def _refuse_attention(text: str, attention: str | None) -> None:
+    """transformers' refusal of an --attention kernel for this architecture, as one ConfigError."""
+    if attention is not None and ("attention implementation" in text or "Flash Attention" in text
+                                  or "attn_implementation" in text):
+        raise ConfigError(f"--attention: {text}", hint="choose another --attention; eager works for every model") \
+            from None
 
 
 def load_model(name: str, task: str = "causal-lm", *, dtype: str | None = None, device: str | None = None,
@@ -203,6 +220,7 @@ def load_model(name: str, task: str = "causal-lm", *, dtype: str | None = None, 
         if "Unrecognized configuration class" in text:
             raise ConfigError(f"{name} cannot be loaded for {task}: {text}",
                               hint="choose the --task that fits this model's architecture") from None
+        _refuse_attention(text, kwargs.get("attn_implementation"))
         raise ModelLoadError(f"cannot load model {name}: {text}", hint="check the path or id") from None
     except OSError as exc:
         raise ModelLoadError(f"cannot load model {name}: {str(exc).splitlines()[0]}",

@@ -120,7 +120,9 @@ def _levers(before: Any, after: Any) -> frozenset[str]:
              "peft": (after.peft, after.quant) != (before.peft, before.quant),
              "targets": after.peft == before.peft and tuple(after.lora_targets) != tuple(before.lora_targets),
              "gpus": after.gpus * after.nodes != before.gpus * before.nodes,
-             "zero": (after.zero, after.offload) != (before.zero, before.offload),
+             "zero": (after.zero, after.offload, after.uses_fsdp) != (before.zero, before.offload, before.uses_fsdp)
+                     and not after.uses_fsdp,
+             "fsdp": after.uses_fsdp and not before.uses_fsdp,
              "seq_len": after.seq_len != before.seq_len}
     return frozenset(name for name, changed in moved.items() if changed)
 
@@ -157,20 +159,25 @@ def _training_candidates(cfg: Any):
             world = gpus * nodes
             if global_batch % world:
                 continue
-            for zero, offload in _sharding(cfg, quant, optimizer, world):
+            for zero, offload, strategy in _sharding(cfg, quant, optimizer, world):
                 group = []
                 for micro in _divisors_descending(global_batch // world):
                     group.append(dataclasses.replace(
                         cfg, batch_size=micro, grad_accum=global_batch // world // micro, seq_len=seq,
                         grad_checkpointing=checkpointing, precision=precision, mixed_precision=mixed,
                         optimizer=optimizer, peft=peft, quant=quant, double_quant=double_quant, lora_targets=targets,
-                        gpus=gpus, nodes=nodes, zero=zero, offload=offload, plan=False, explain=False, strategy=None))
+                        gpus=gpus, nodes=nodes, zero=zero, offload=offload, plan=False, explain=False,
+                        strategy=strategy))
                 yield group
 
 
 def _sharding(cfg: Any, quant: str, optimizer: str, world: int):
-    """The (ZeRO stage, offload) pairs worth trying that `llmkit launch` runs and DeepSpeed/bitsandbytes accept."""
-    for zero, offload in sorted(set(STRATEGY_ZERO.values()) | {(cfg.zero, cfg.offload)}):
+    """The (ZeRO stage, offload, memory-estimate strategy) triples worth trying that `llmkit launch` runs and
+    DeepSpeed/FSDP/bitsandbytes accept: DeepSpeed's as (stage, offload, None), FSDP as (3, "none", "fsdp")."""
+    if world > 1 and quant == "none" and cfg.device == "cuda":
+        # launch refuses FSDP with a quantized base and on CPUs; on one GPU it shards nothing
+        yield (*STRATEGY_ZERO["fsdp"], "fsdp")
+    for zero, offload in sorted({z for name, z in STRATEGY_ZERO.items() if name != "fsdp"} | {(cfg.zero, cfg.offload)}):
         if world > 1 and zero == 0:
             continue   # plain DDP holds everything on every GPU: more GPUs would not need less memory each
         if world == 1 and zero > 0 and offload == "none":
@@ -181,7 +188,7 @@ def _sharding(cfg: Any, quant: str, optimizer: str, world: int):
             # offloaded states live in host RAM, where 8-bit states save no GPU memory; and DeepSpeed refuses
             # any optimizer but its own CPU Adam/Lion under offload unless zero_force_ds_cpu_optimizer is false
             continue
-        yield zero, offload
+        yield zero, offload, None
 
 
 def _divisors_descending(n: int) -> list[int]:
@@ -329,8 +336,8 @@ def config_flags(cfg: Any) -> list[str]:
     defaults = type(cfg)(**{"params": "1B"})
     flags: list[str] = []
     for f in dataclasses.fields(cfg):
-        if f.name in _NOT_PLAN_FLAGS or not f.init:
-            continue
+        if f.name in _NOT_PLAN_FLAGS or not f.init or (f.name in ("zero", "offload") and cfg.strategy):
+            continue   # --strategy sets --zero and --offload
         value, default = getattr(cfg, f.name), getattr(defaults, f.name)
         if value == default:
             continue
@@ -351,7 +358,12 @@ def hf_training_arguments(cfg: Any) -> dict[str, Any]:
                            "gradient_accumulation_steps": cfg.grad_accum,
                            "gradient_checkpointing": cfg.grad_checkpointing, "optim": optim,
                            "bf16": cfg.mixed_precision == "bf16", "fp16": cfg.mixed_precision == "fp16"}
-    if cfg.zero:
+    if cfg.uses_fsdp:
+        # what `llmkit launch --strategy fsdp` writes into accelerate's fsdp_config, as TrainingArguments says it
+        out["fsdp"] = "full_shard auto_wrap"
+        out["fsdp_config"] = {"backward_prefetch": "backward_pre", "use_orig_params": True,
+                              "sync_module_states": True}
+    elif cfg.zero:
         zero: dict[str, Any] = {"stage": cfg.zero}
         if cfg.offload != "none":
             zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
@@ -390,7 +402,9 @@ def _describe_changes(before: Any, after: Any) -> list[str]:
         changes.append(f"LoRA on {','.join(after.lora_targets)}")
     if after.gpus != before.gpus or after.nodes != before.nodes:
         changes.append(f"{after.gpus * after.nodes} GPUs")
-    if after.zero != before.zero:
+    if after.uses_fsdp and not before.uses_fsdp:
+        changes.append("FSDP FULL_SHARD")
+    elif after.zero != before.zero or before.uses_fsdp != after.uses_fsdp:
         changes.append(f"ZeRO-{after.zero}")
     if after.offload != before.offload:
         changes.append(f"offload {after.offload} to CPU")

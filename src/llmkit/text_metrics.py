@@ -13,6 +13,8 @@ from typing import Sequence
 from llmkit.errors import ConfigError
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+PACKAGES = {"rouge": ("rouge_score.rouge_scorer", "rouge-score"), "bleu": ("sacrebleu", "sacrebleu"),
+            "chrf": ("sacrebleu", "sacrebleu")}   # metric: (module, the package that installs it)
 
 
 def _require(module: str, package: str):
@@ -25,6 +27,13 @@ def _require(module: str, package: str):
                           hint="pip install 'llmkit[metrics]'") from None
 
 
+def require(metrics: Sequence[str]) -> None:
+    """Fail early, before any work, when a metric's package is missing."""
+    for metric in metrics:
+        if metric in PACKAGES:
+            _require(*PACKAGES[metric])
+
+
 def _check(predictions: Sequence[str], references: Sequence[str]) -> None:
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
@@ -33,7 +42,7 @@ def _check(predictions: Sequence[str], references: Sequence[str]) -> None:
 def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Mean F-measure of ROUGE-1, ROUGE-2, ROUGE-L and ROUGE-Lsum over the pairs."""
     _check(predictions, references)
-    scorer_module = _require("rouge_score.rouge_scorer", "rouge-score")
+    scorer_module = _require(*PACKAGES["rouge"])
     scorer = scorer_module.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
     totals = dict.fromkeys(ROUGE_TYPES, 0.0)
     for prediction, reference in zip(predictions, references):
@@ -47,14 +56,14 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
 def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
     """sacrebleu's corpus BLEU with one reference a prediction."""
     _check(predictions, references)
-    sacrebleu = _require("sacrebleu", "sacrebleu")
+    sacrebleu = _require(*PACKAGES["bleu"])
     return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
 
 
 def chrf(predictions: Sequence[str], references: Sequence[str]) -> float:
     """sacrebleu's corpus chrF (character 6-grams, beta 2)."""
     _check(predictions, references)
-    sacrebleu = _require("sacrebleu", "sacrebleu")
+    sacrebleu = _require(*PACKAGES["chrf"])
     return float(sacrebleu.corpus_chrf(list(predictions), [list(references)]).score)
 
 

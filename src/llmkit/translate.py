@@ -31,8 +31,10 @@ DEFAULT_LORA_TARGETS = ("q_proj", "v_proj")
 def memory_config(run_cfg, *, zero: int = 0, offload: str = "none", gpus: int = 1, nodes: int = 1,
                   gpu_memory: str | None = None, overhead: str | None = None, mixed_precision: str | None = None,
                   attention: str = "sdpa", adapter: dict[str, Any] | None = None, precision: str | None = None,
-                  device: str = "cuda"):
+                  device: str = "cuda", strategy: str | None = None):
     """The MemoryEstimateConfig of a training run.
+
+    `strategy` is launch's --strategy when it is to be sized as such (fsdp: PyTorch FSDP rather than ZeRO-3).
 
     `device` is where the run computes (cuda, or cpu for a run without a GPU): CUDA and CPU autocast save different
     tensors, so the forecast of a CPU run uses the CPU rules.
@@ -56,7 +58,7 @@ def memory_config(run_cfg, *, zero: int = 0, offload: str = "none", gpus: int = 
         precision=stored, mixed_precision=mixed, optimizer=run_cfg.optimizer, freeze_base=run_cfg.freeze_base,
         trainable_layers=run_cfg.trainable_layers, batch_size=run_cfg.batch_size, seq_len=run_cfg.seq_len,
         grad_accum=run_cfg.grad_accum, grad_checkpointing=run_cfg.grad_checkpointing, attention=attention,
-        zero=zero, offload=offload, gpus=max(gpus, 1), nodes=max(nodes, 1), gpu_memory=gpu_memory,
+        zero=zero, offload=offload, strategy=strategy, gpus=max(gpus, 1), nodes=max(nodes, 1), gpu_memory=gpu_memory,
         overhead=overhead, device=device, **adapter_fields)
 
 
@@ -158,7 +160,8 @@ def plan_argv(mem_cfg, model: str, task: str) -> list[str]:
     train = training_argv(mem_cfg, model, task)
     if mem_cfg.gpus * mem_cfg.nodes == 1 and mem_cfg.zero == 0:
         return train
-    launch = ["llmkit", "launch", "--strategy", strategy_for(mem_cfg.zero, mem_cfg.offload),
+    strategy = "fsdp" if mem_cfg.uses_fsdp else strategy_for(mem_cfg.zero, mem_cfg.offload)
+    launch = ["llmkit", "launch", "--strategy", strategy,
               "--num-processes", str(mem_cfg.gpus)]
     if mem_cfg.nodes > 1:
         launch += ["--nodes", str(mem_cfg.nodes), "--main-ip", "MAIN_IP"]

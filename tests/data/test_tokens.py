@@ -156,3 +156,22 @@ def test_document_pieces_shorter_than_min_len_are_left_out():
     view = DocumentRows(TokenDocs.from_lists(docs), 2, min_len=2)
     assert [view[i]["input_ids"] for i in range(len(view))] == [[1, 2], [3, 4], [8, 9]]
     assert view.tokens == 6
+
+
+def test_document_rows_are_the_documents_cut_by_hand():
+    import numpy as np
+
+    from llmkit.data.tokens import TokenDocs
+    from llmkit.training.data import DocumentRows
+
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        docs = [rng.integers(1, 50, size=int(rng.integers(0, 40))).tolist() for _ in range(int(rng.integers(1, 20)))]
+        stored = TokenDocs.from_lists(docs)
+        for seq_len in (None, 1, 3, 16, 64):
+            for min_len in (1, 2, 5):
+                pieces = [d[i:i + (seq_len or len(d))] for d in docs if d for i in range(0, len(d), seq_len or len(d))]
+                expected = [p for p in pieces if len(p) >= min_len]
+                view = DocumentRows(stored, seq_len, min_len)
+                assert [view[i]["input_ids"] for i in range(len(view))] == expected, (seq_len, min_len)
+                assert view.tokens == sum(map(len, expected))

@@ -175,15 +175,6 @@ def test_packed_loss_equals_unpacked(bpe_dir):
 
 # ----------------------------------------------------------------------------------------------------------- CLI
 
-@pytest.fixture
-def chat_file(tmp_path):
-    path = tmp_path / "chat.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"What is {i} plus one?"},
-                          {"role": "assistant", "content": f"It is {i + 1}."}]} for i in range(12)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 def _write(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

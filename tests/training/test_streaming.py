@@ -78,7 +78,7 @@ def test_unpacked_rows_are_documents_cut_into_pieces(bpe_dir, texts, tmp_path):
     assert [r["input_ids"] for r in rows] == expected
 
 
-@pytest.mark.parametrize("kind", ["jsonl.gz", "txt", "parquet-shards", "weighted-mix"])
+@pytest.mark.parametrize("kind", ["jsonl.gz", "txt", "parquet-row-groups", "parquet-shards", "weighted-mix"])
 def test_every_source_kind_streams_its_texts(kind, texts, tmp_path):
     import datasets
 
@@ -94,6 +94,14 @@ def test_every_source_kind_streams_its_texts(kind, texts, tmp_path):
         source = tmp_path / "d.txt"
         source.write_text("\n".join(t.replace("\n", " ") for t in texts) + "\n")
         expected = [t.replace("\n", " ") for t in texts]
+    elif kind == "parquet-row-groups":   # read a row group at a time: every group, in order
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        source = tmp_path / "d.parquet"
+        pq.write_table(pa.table({"id": list(range(len(texts))), "text": texts}), source, row_group_size=2)
+        assert pq.ParquetFile(source).metadata.num_row_groups > 2
+        expected = texts
     elif kind == "parquet-shards":
         (tmp_path / "shards").mkdir()
         for k in range(2):
@@ -232,6 +240,22 @@ def test_a_corrupt_line_mid_stream_names_the_source(cli, configs, bpe_dir, texts
     data.write_text(json.dumps({"text": texts[0]}) + "\n{not json\n")
     result = _pretrain(cli, configs, bpe_dir, data, tmp_path / "run", "--max-steps", "2")
     assert_clean_error(result, 1, str(data))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("bad", ["mixed-schema", "corrupt"])
+def test_a_bad_parquet_shard_is_refused_before_the_run(cli, configs, bpe_dir, texts, tmp_path, bad):
+    import datasets
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    datasets.Dataset.from_dict({"text": texts}).to_parquet(str(shards / "0.parquet"))
+    if bad == "mixed-schema":
+        datasets.Dataset.from_dict({"body": texts}).to_parquet(str(shards / "1.parquet"))
+    else:
+        (shards / "1.parquet").write_bytes(b"PAR1 not really parquet")
+    result = _pretrain(cli, configs, bpe_dir, shards, tmp_path / "run", "--max-steps", "2")
+    assert_clean_error(result, 1, "the shards mix schemas" if bad == "mixed-schema" else "1.parquet is not a readable")
     assert not (tmp_path / "run").exists()
 
 

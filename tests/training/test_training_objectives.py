@@ -123,6 +123,29 @@ def test_masked_lm_80_10_10_rule(wordpiece_dir, corpus_texts):
     assert abs(same.sum().item() / n - 0.1) < 0.05 + 1 / len(tok)
 
 
+def test_token_masking_is_transformers_collator_seeded_per_row(wordpiece_dir, corpus_texts):
+    import numpy as np
+    from transformers import DataCollatorForLanguageModeling
+
+    from llmkit.training.data import ROW_KEY
+    from llmkit.training.objectives import MaskedLMCollator
+
+    tok = _tok(wordpiece_dir)
+    docs = [tok(t)["input_ids"][:48] for t in corpus_texts[:6]]
+    features = [{"input_ids": d, ROW_KEY: (0, 1, 10 + i)} for i, d in enumerate(docs)]
+    batch = MaskedLMCollator(tok, seed=3)(features)
+    reference = DataCollatorForLanguageModeling(tok, mlm_probability=0.15, return_tensors="pt")
+    for i, d in enumerate(docs):
+        reference.generator = torch.Generator().manual_seed(int(np.random.default_rng([3, 0, 1, 10 + i])
+                                                                .integers(2**63)))
+        row = torch.tensor([d])
+        special = torch.tensor([tok.get_special_tokens_mask(d, already_has_special_tokens=True)], dtype=torch.bool)
+        inputs, labels = reference.torch_mask_tokens(row, special_tokens_mask=special)
+        assert batch["input_ids"][i, :len(d)].tolist() == inputs[0].tolist()
+        assert batch["labels"][i, :len(d)].tolist() == labels[0].tolist()
+        assert (batch["labels"][i, len(d):] == -100).all()
+
+
 def test_whole_word_masking_masks_whole_words(wordpiece_dir, corpus_texts):
     from llmkit.training.objectives import MaskedLMCollator, continuation_table
 

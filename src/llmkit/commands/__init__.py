@@ -38,11 +38,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quantize": ("quantize", "Quantize models and explain how quantization works."),
     "merge": ("merge", "Fold a LoRA or IA3 adapter into its base model with peft; save it whole; prove the logits "
                        "equal."),
+    "export": ("export", "Export a causal LM, an encoder-decoder LM (both with past key values) or a sequence "
+                         "classifier to ONNX; prove ONNX Runtime's logits and greedy generation equal PyTorch's."),
     "generate": ("generate", "Generate with a causal, encoder-decoder or masked LM: stream a completion, answer a "
                              "chat message, chat, or run a JSONL batch."),
     "eval": ("eval", "Evaluate a model on a dataset: perplexity (packed or sliding window), a task head's metrics, "
                      "or generation metrics (ROUGE, BLEU, chrF, exact match); --compare A B puts two models side by "
                      "side."),
+    "serve": ("serve", "Serve a generation model over an OpenAI-compatible HTTP API: /v1/chat/completions and "
+                       "/v1/completions (streamed with \"stream\": true), /v1/models and /health; waiting requests "
+                       "are batched."),
     "memory-estimate": ("memory_estimate", "Memory per GPU for training or inference: weights, gradients, "
                                            "optimizer, activations, overhead."),
     "launch": ("launch", "Run a training command (pretrain, sft, peft) on several processes or nodes with "

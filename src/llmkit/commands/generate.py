@@ -51,6 +51,8 @@ def _task(cfg: GenerateConfig, out: Output) -> None:
     report = out.report
     if cfg.input is not None:
         result = run_task_batch(cfg, report)
+        if result is None:   # a rank of `llmkit launch` other than 0: RANK 0 reports the whole job
+            return
         for warning in result.warnings:
             report.warn(warning)
         out.result(result, lambda result: report.info(
@@ -150,7 +152,10 @@ def _render_fill_mask(result) -> None:
 def _batch(cfg: GenerateConfig, generator, out: Output) -> None:
     from llmkit.inference.batch import run_batch
 
-    out.result(run_batch(cfg, generator, out.report), lambda result: out.report.info(
+    result = run_batch(cfg, generator, out.report)
+    if result is None:   # a rank of `llmkit launch` other than 0: RANK 0 reports the whole job
+        return
+    out.result(result, lambda result: out.report.info(
         f"wrote {result.generated} result(s) to {result.output}"
         + (f" ({result.skipped} already there)" if result.skipped else "")
         + f" in {result.seconds:.1f} s, {result.tokens_per_s:,.1f} generated tokens/s"))

@@ -16,12 +16,11 @@ from llmkit.ui import format_bytes
 EPILOG = examples(
     "llmkit launch --strategy ddp --cpu --num-processes 2 -- llmkit pretrain --preset tiny-llama "
     "-t runs/quickstart/tokenizer --data runs/quickstart/data/train.jsonl -o runs/ddp --max-steps 100",
-    "llmkit launch --strategy zero3-offload --num-processes 8 --mixed-precision bf16 --dry-run -- llmkit sft "
-    "--model ./base --data chat.jsonl -o runs/sft",
     "llmkit launch --strategy auto --gpu-memory 24GiB --dry-run -- llmkit pretrain --model llama-2-7b "
     "--from-scratch -t ./tok --data corpus.jsonl -o runs/7b --batch-size 1 --seq-len 2048",
     "llmkit launch --strategy zero2 --nodes 2 --num-processes 8 --main-ip 10.0.0.1 --write-config launch/ "
     "-- llmkit pretrain --model ./base --data corpus.jsonl -o runs/big",
+    "llmkit launch --cpu --num-processes 2 -- llmkit generate -m ./model --input prompts.jsonl --output answers.jsonl",
 )
 
 
@@ -32,18 +31,21 @@ def register(app: typer.Typer) -> None:
 @config_command(LaunchConfig, extra=(
     inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
     inspect.Parameter("command", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        Optional[list[str]], typer.Argument(help="The training command every process runs, after --: llmkit "
-                                                 "pretrain|sft|peft ...", metavar="-- COMMAND...",
+        Optional[list[str]], typer.Argument(help="The command every process runs, after --: llmkit "
+                                                 "pretrain|sft|peft ..., or llmkit generate --input --output",
+                                            metavar="-- COMMAND...",
                                             show_default=False)])))
 def launch(cfg: LaunchConfig, out: Output, ctx: typer.Context, command: Optional[list[str]]) -> None:
-    """Run a training command (pretrain, sft, peft) on several processes or nodes with accelerate and DeepSpeed.
+    """Run a training command (pretrain, sft, peft) on several processes or nodes with accelerate and DeepSpeed,
+    or a batch generate (--input, --output) as data-parallel inference.
 
     Every process runs the command after -- with this same llmkit installation; RANK 0 writes the run dir and
     prints the result. Before starting, launch shows the per-rank memory from memory-estimate and refuses invalid
     combinations. A real run exits with the training's exit code when a process fails (1), or 130 after Ctrl-C
     (forwarded to the processes: they checkpoint and stop). With --json, --dry-run and --write-config print the
     plan as one JSON document; a real run passes --json to the training command, whose result is then the one
-    document on stdout.
+    document on stdout. Under launch, generate gives each rank a share of the input lines, each writing a part
+    file beside --output; RANK 0 merges them into --output in input order (a rerun resumes the parts).
     """
     from llmkit import launch as core
 
@@ -77,10 +79,13 @@ def launch(cfg: LaunchConfig, out: Output, ctx: typer.Context, command: Optional
     if result.exit_code != 0:
         from llmkit.errors import LlmkitError
 
-        raise LlmkitError(f"a training process failed: the launcher exited with {result.exit_code} after "
+        what, kept = (("generate", "the ranks' part files beside --output keep their lines (rerun the same "
+                                   "command to resume)") if training.inference else
+                      ("training", "checkpoints already written are intact (continue with --resume auto in the "
+                                   "training command)"))
+        raise LlmkitError(f"a {what} process failed: the launcher exited with {result.exit_code} after "
                           f"{result.seconds:.1f} s, and the other processes were stopped",
-                          hint="the failing rank's error is above; checkpoints already written are intact "
-                               "(continue with --resume auto in the training command)")
+                          hint=f"the failing rank's error is above; {kept}")
     report.info(f"launch: {plan.world_size} process(es) finished in {result.seconds:.1f} s")
 
 

@@ -29,7 +29,8 @@ def pretrain(cfg: PretrainConfig, out: Output) -> None:
     at the end, model/ (model + tokenizer, loadable with from_pretrained). Ctrl-C saves a checkpoint and exits 130;
     --resume auto continues from it. --deepspeed CONFIG.json works under a launcher (deepspeed, torchrun,
     accelerate launch) and without one: then llmkit runs a one-process world (it sets RANK=0, LOCAL_RANK=0,
-    WORLD_SIZE=1, MASTER_ADDR and a free MASTER_PORT). --report-to tensorboard writes to OUTPUT/tensorboard.
+    WORLD_SIZE=1, MASTER_ADDR and a free MASTER_PORT). --report-to tensorboard writes to OUTPUT/tensorboard;
+    --report-to wandb,mlflow sends every metrics.jsonl row to W&B and MLflow (OUTPUT/mlruns by default).
     """
     from llmkit.training.pretrain import run_pretrain
 

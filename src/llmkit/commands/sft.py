@@ -14,7 +14,7 @@ from llmkit.errors import EXIT_FAILURE
 EPILOG = examples(
     "llmkit sft -m runs/quickstart/pretrain/model --data qa.jsonl --template chatml -o runs/sft --epochs 3",
     "llmkit sft --task seq-cls -m ./bert --data reviews.jsonl --label-field sentiment --eval-split 0.1 -o runs/cls"
-    "   (also token-cls, extractive-qa)",
+    "   (also token-cls, extractive-qa, and seq2seq for T5/BART)",
     "llmkit sft -m ./model --data alpaca.json --preview 2   (what is trained, highlighted; --check lints)",
     "llmkit sft --preset full-0.3b-4gb -m ./qwen-0.5b --data qa.jsonl -o runs/ft   (full fine-tune on a 4 GB GPU)",
 )
@@ -30,7 +30,8 @@ def sft(cfg: SFTConfig, out: Output) -> None:
 
     Each reply's end-of-turn / eos token is trained (also when pad == eos), so the model learns to stop. The chat
     template used is saved with the model, so `llmkit generate --message/--chat` renders the same way.
-    --task seq-cls | token-cls | extractive-qa trains a classification, NER or extractive-QA head instead.
+    --task seq-cls | token-cls | extractive-qa trains a classification, NER or extractive-QA head instead;
+    --task seq2seq fine-tunes an encoder-decoder (T5, BART) on source -> target pairs (summarization, translation).
     """
     if cfg.preview is not None or cfg.check:
         inspect_data(cfg, preview=cfg.preview is not None, out=out)

@@ -161,6 +161,7 @@ class Encoded:
     truncated: int = 0
     warnings: list[str] = field(default_factory=list)
     qa: list["QAExample"] = field(default_factory=list)   # extractive-qa: what evaluation needs per example
+    targets: list[str] = field(default_factory=list)      # seq2seq: the reference text of each row
 
 
 def encode_seq_cls(records: list[dict], cfg, tokenizer, space: LabelSpace, source: str,
@@ -441,6 +442,56 @@ def decode_answers(example_windows: list[tuple[Any, Any, list]], context: str, m
         answers.append({"answer": "", "start": 0, "end": 0, "score": min(nulls)})
     answers.sort(key=lambda a: -a["score"])
     return answers[:top_k]
+
+
+# ------------------------------------------------------------------------------------------------- seq2seq
+
+def read_pairs(records: list[dict], cfg, source: str) -> list[tuple[str, str]]:
+    """(source text, target text) per record: --source-field/--target-field, or, in rows shaped as the hub's
+    translation sets ({"translation": {"en": ..., "fr": ...}}), the --source-lang/--target-lang keys."""
+    pairs = []
+    for i, row in enumerate(records):
+        fields = (cfg.source_field, "--source-field"), (cfg.target_field, "--target-field")
+        nested = row.get("translation") if isinstance(row, dict) and cfg.source_field not in row else None
+        if isinstance(nested, dict):
+            if not (cfg.source_lang and cfg.target_lang):
+                raise DataError(f"{source}: row {i + 1} holds {{translation: {{{', '.join(sorted(nested))}}}}} and "
+                                f"no field '{cfg.source_field}'",
+                                hint="name its languages with --source-lang and --target-lang")
+            row, fields = nested, ((cfg.source_lang, "--source-lang"), (cfg.target_lang, "--target-lang"))
+        texts = tuple(_get(row, name, flag, source, i) for name, flag in fields)
+        if not all(isinstance(t, str) for t in texts):
+            raise DataError(f"{source}: row {i + 1}: the source and target must be strings", hint="check the data")
+        pairs.append(texts)
+    return pairs
+
+
+def source_prefix(cfg) -> str:
+    """--source-prefix with its {source_lang} and {target_lang} filled in (other braces are kept as written)."""
+    return (cfg.source_prefix or "").replace("{source_lang}", cfg.source_lang or "") \
+        .replace("{target_lang}", cfg.target_lang or "")
+
+
+def encode_seq2seq(pairs: list[tuple[str, str]], cfg, tokenizer, source: str) -> Encoded:
+    """Encoder inputs (prefix + source, at most --seq-len tokens) and labels (the target, at most --max-target-len
+    tokens, ending with eos so the model learns to stop, also where the tokenizer does not add it)."""
+    prefix, eos = source_prefix(cfg), tokenizer.eos_token_id
+    rows, targets, truncated = [], [], 0
+    for text, target in pairs:
+        inputs = tokenizer(prefix + text)["input_ids"]
+        labels = list(tokenizer(text_target=target)["input_ids"])
+        if eos is not None and labels[-1:] != [eos]:
+            labels.append(eos)
+        truncated += len(inputs) > cfg.seq_len or len(labels) > cfg.max_target_len
+        if len(inputs) > cfg.seq_len:   # the tokenizer's own truncation keeps its special tokens
+            inputs = tokenizer(prefix + text, truncation=True, max_length=cfg.seq_len)["input_ids"]
+        if len(labels) > cfg.max_target_len:
+            labels = labels[:cfg.max_target_len - 1] + [eos] if eos is not None else labels[:cfg.max_target_len]
+        rows.append({"input_ids": inputs, "attention_mask": [1] * len(inputs), "labels": labels})
+        targets.append(target)
+    warnings = [f"{source}: {truncated:,} example(s) with a source longer than --seq-len {cfg.seq_len} or a target "
+                f"longer than --max-target-len {cfg.max_target_len} were truncated"] if truncated else []
+    return Encoded(rows=rows, examples=len(pairs), truncated=truncated, warnings=warnings, targets=targets)
 
 
 # ------------------------------------------------------------------------------------------------- metrics

@@ -1,8 +1,9 @@
 """Batch jobs: a JSONL file of prompts (or messages) in, one result line per input line out, in order; a rerun
-resumes after the lines the output already holds."""
+resumes after the lines the output already holds. Under `llmkit launch` the ranks share the lines (write_job)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -16,6 +17,7 @@ from llmkit.errors import ConfigError, DataError, LlmkitError
 from llmkit.outputs import lock_holder, release_lock, take_lock
 from llmkit.ui import Reporter, SilentReporter
 from llmkit.inference.generator import Generator
+from llmkit.inference.parallel import Ranks
 
 
 @dataclass
@@ -231,6 +233,70 @@ def run_resumable(records: list, out: BatchOutput, batch_size: int, reporter: Re
 
 
 @dataclass
+class JobCounts:
+    written: int                   # records written by this run (over every rank)
+    skipped: int                   # records already there (in --output, or in a rank's part)
+    tally: dict[str, int]          # the caller's own counters (e.g. tokens; over every rank)
+
+
+def write_job(source: Path, target: Path, settings: dict[str, Any], overwrite: bool, records: list, batch_size: int,
+              reporter: Reporter, label: str, rows_of: Callable[[list], list[dict]],
+              tally: dict[str, int]) -> JobCounts | None:
+    """run_resumable into --output. Under a launcher (llmkit.inference.parallel) each rank writes its share to its
+    own part file beside --output, then RANK 0 merges the parts: the counts on RANK 0, None on the other ranks.
+    `tally`: counters that `rows_of` adds to."""
+    ranks = Ranks.from_env()
+    if ranks is None:
+        with BatchOutput(source, target, settings, overwrite) as out:
+            written, skipped = run_resumable(records, out, batch_size, reporter, label, rows_of)
+        return JobCounts(written, skipped, dict(tally))
+    with ranks.joined(), contextlib.ExitStack() as holding:
+        final, refusal = None, None
+        if ranks.main:   # RANK 0 alone checks and locks --output (and with --overwrite removes it)
+            try:
+                final = holding.enter_context(BatchOutput(source, target, settings, overwrite))
+            except LlmkitError as exc:
+                refusal = exc
+        merged = ranks.from_main(sorted(final.done) if final is not None else None)
+        if merged is None:   # RANK 0 refused --output and says why; the others stop quietly
+            if refusal is not None:
+                raise refusal
+            return None
+        already = set(merged)
+        mine = [r for r in ranks.share(records, batch_size) if r.line not in already]
+        with BatchOutput(source, ranks.part(target), settings, overwrite) as part:
+            written, skipped = run_resumable(mine, part, batch_size, reporter, label, rows_of)
+        counts = ranks.gather({"written": written, "skipped": skipped, **tally})
+        if final is None:
+            return None
+        _merge_parts(final, [ranks.part(target, k) for k in range(ranks.world)])
+    summed = {key: sum(c[key] for c in counts) for key in counts[0]}
+    written, skipped = summed.pop("written"), summed.pop("skipped")
+    return JobCounts(written, skipped + len(already), summed)
+
+
+def _merge_parts(final: BatchOutput, parts: list[Path]) -> None:
+    """The parts' rows that --output lacks, appended in input order; the parts go only once that is on disk, so an
+    interrupted merge is merged again by the rerun."""
+    rows = [json.loads(line) for part in parts if part.exists()   # a rank with no line left writes no part
+            for line in part.read_text(encoding="utf-8").splitlines()]
+    final.append(sorted((r for r in rows if r["line"] not in final.done), key=lambda r: r["line"]))
+    for part in parts:
+        part.unlink(missing_ok=True)
+        part.with_name(part.name + SIDECAR).unlink(missing_ok=True)
+
+
+def _seed_batch(seed: int | None, first_line: int) -> None:
+    """--seed per batch, mixed with the batch's first input line: a sampled batch draws the same numbers whoever
+    runs it (one process, or the rank of launch that owns it) and after a resume. (Ints hash alike in every
+    process: no hash randomization for them.)"""
+    if seed is not None:
+        import torch
+
+        torch.manual_seed(hash((seed, first_line)))
+
+
+@dataclass
 class _Prompt:
     line: int
     text: str
@@ -262,9 +328,10 @@ def _prompt_of(generator: Generator, system: str | None) -> Callable[[int, dict]
 
 
 def run_batch(cfg: GenerateConfig, generator: Generator | None = None,
-              reporter: Reporter | None = None) -> BatchResult:
+              reporter: Reporter | None = None) -> BatchResult | None:
     """--input JSONL -> --output JSONL, in input order, --batch-size prompts at a time, left-padded; lines already
-    in the output are skipped. A bad input line stops the run after every earlier line is written."""
+    in the output are skipped. A bad input line stops the run after every earlier line is written. Under a launcher
+    the ranks share the lines (write_job): RANK 0 returns the whole job's result, the other ranks None."""
     reporter = reporter or SilentReporter()
     generator = generator or Generator(cfg, reporter)
     started = time.perf_counter()
@@ -272,17 +339,10 @@ def run_batch(cfg: GenerateConfig, generator: Generator | None = None,
     records, error = read_records(source, _prompt_of(generator, cfg.system))
     gc = generator.generation_config() if generator.task != "fill-mask" else None
     params = generator.params_of(gc) if gc is not None else {"top_k": cfg.top_k or 5}
-    with BatchOutput(source, target, job_settings(cfg, task=generator.task, params=params), cfg.overwrite) as out:
-        return _generate_batch(cfg, generator, reporter, records, error, gc, params, out, started)
-
-
-def _generate_batch(cfg, generator, reporter, records, error, gc, params, out: BatchOutput,
-                    started: float) -> BatchResult:
-    if gc is not None:
-        generator.seed_sampling(gc)
     tokens = {"prompt": 0, "completion": 0}
 
     def rows_of(chunk: list[_Prompt]) -> list[dict]:
+        _seed_batch(cfg.seed, chunk[0].line)
         if gc is None:
             return [{"line": p.line, "masks": [[dataclasses.asdict(c) for c in m]
                                                for m in generator.fill_mask(p.text, cfg.top_k).masks]}
@@ -302,11 +362,15 @@ def _generate_batch(cfg, generator, reporter, records, error, gc, params, out: B
             tokens["completion"] += sum(s.completion_tokens for s in group)
         return rows
 
-    generated, skipped = run_resumable(records, out, cfg.batch_size, reporter, "generating", rows_of)
+    job = write_job(source, target, job_settings(cfg, task=generator.task, params=params), cfg.overwrite, records,
+                    cfg.batch_size, reporter, "generating", rows_of, tokens)
+    if job is None:
+        return None
     if error is not None:
         raise error
     seconds = time.perf_counter() - started
-    return BatchResult(input=str(out.source), output=str(out.target), lines=len(records), generated=generated,
-                       skipped=skipped, prompt_tokens=tokens["prompt"], completion_tokens=tokens["completion"],
-                       seconds=round(seconds, 3),
-                       tokens_per_s=round(tokens["completion"] / seconds, 1) if seconds > 0 else 0.0, params=params)
+    completion = job.tally["completion"]
+    return BatchResult(input=str(source), output=str(target), lines=len(records), generated=job.written,
+                       skipped=job.skipped, prompt_tokens=job.tally["prompt"], completion_tokens=completion,
+                       seconds=round(seconds, 3), tokens_per_s=round(completion / seconds, 1) if seconds > 0 else 0.0,
+                       params=params)

@@ -3,7 +3,9 @@ translation) and masked-LM fill-mask; one prompt with streaming, batch JSONL job
 
 Core code: it never prints. Streaming text reaches the caller through an `on_text(chunk)` callback; progress and
 warnings go through the Reporter. Decoding is transformers' own `model.generate`, given a GenerationConfig built
-from the model's generation_config and the user's values, checked with transformers' own validation.
+from the model's generation_config and the user's values, checked with transformers' own validation. With
+--backend onnxruntime the model is llmkit.inference.onnx_backend's transformers model over an export dir's graphs,
+so that same `generate` drives ONNX Runtime.
 
 Context: a prompt longer than the model's context (minus --max-new-tokens) is cut from the left, keeping its end,
 with a warning; when --max-new-tokens alone fills the context the request is refused.
@@ -132,6 +134,12 @@ class Generator:
         from llmkit.modeling import load_model, load_tokenizer
 
         cfg = self.cfg
+        if getattr(cfg, "backend", "torch") == "onnxruntime":   # eval loads through here too, always with torch
+            from llmkit.inference.onnx_backend import open_export_dir
+
+            model = open_export_dir(self.name, cfg.device)
+            tokenizer = load_tokenizer(self.name, trust_remote_code=cfg.trust_remote_code)
+            return model, tokenizer, infer_task(model.config, cfg.task, self.name)
         model_config = load_model_config(self.name, cfg.trust_remote_code)
         task = infer_task(model_config, cfg.task, self.name)
         device = select_device(cfg.device)
@@ -309,9 +317,12 @@ class Generator:
         return ids, 0
 
     # -- generation
-    def generate_ids(self, batch: list[list[int]], gc, *, on_text: OnText | None = None,
-                     stop_event: threading.Event | None = None) -> tuple[list[list[Sequence]], Timings]:
-        """Generate for a batch of token-id prompts (left-padded for decoder-only models)."""
+    def generate_ids(self, batch: list[list[int]], gc, *, on_text: OnText | list[OnText | None] | None = None,
+                     stop_event: threading.Event | list[threading.Event | None] | None = None
+                     ) -> tuple[list[list[Sequence]], Timings]:
+        """Generate for a batch of token-id prompts (left-padded for decoder-only models). One `on_text` streams a
+        batch of one; a list (one callback per prompt) streams each prompt of a batch (a server's clients). One
+        `stop_event` ends the whole batch; a list ends each prompt on its own (a client that went away)."""
         import torch
         from transformers import StoppingCriteriaList
 
@@ -326,10 +337,16 @@ class Generator:
         device = self.model.device
         input_ids = torch.tensor(rows, dtype=torch.long, device=device)
         attention_mask = torch.tensor(masks, dtype=torch.long, device=device)
-        single_stream = len(batch) == 1 and (gc.num_beams or 1) == 1 and (gc.num_return_sequences or 1) == 1
-        streamer = _Streamer(self.tokenizer if on_text else None, on_text, tuple(gc.stop_strings or ())) \
-            if single_stream else None
-        criteria = StoppingCriteriaList([_EventStop(stop_event)]) if stop_event is not None else None
+        streamable = (gc.num_beams or 1) == 1 and (gc.num_return_sequences or 1) == 1
+        stops = tuple(gc.stop_strings or ())
+        if isinstance(on_text, list):
+            streamer = _RowStreamers([_Streamer(self.tokenizer, f, stops) for f in on_text], _eos_ids(gc)) \
+                if streamable else None
+        else:
+            streamer = _Streamer(self.tokenizer if on_text else None, on_text, stops) \
+                if streamable and len(batch) == 1 else None
+        events = stop_event if isinstance(stop_event, list) else [stop_event] * len(batch)
+        criteria = StoppingCriteriaList([_EventStop(events)]) if any(e is not None for e in events) else None
         kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, generation_config=gc, streamer=streamer,
                       stopping_criteria=criteria)
         if gc.stop_strings:
@@ -345,12 +362,14 @@ class Generator:
         ended = time.perf_counter()
         new = out[:, 1:] if self.encoder_decoder else out[:, width:]
         per_prompt = gc.num_return_sequences or 1
-        interrupted = stop_event is not None and stop_event.is_set()
         sequences: list[list[Sequence]] = []
-        for i in range(len(batch)):
+        for i, event in enumerate(events):
+            interrupted = event is not None and event.is_set()
             group = [self._finish(new[i * per_prompt + j].tolist(), gc, interrupted) for j in range(per_prompt)]
             sequences.append(group)
-        if streamer is not None and on_text is not None:
+        if isinstance(streamer, _RowStreamers):
+            streamer.finish([group[0].text for group in sequences])
+        elif streamer is not None and on_text is not None:
             streamer.finish(sequences[0][0].text)
         total = ended - started
         count = max(len(s.token_ids) for group in sequences for s in group) if sequences else 0
@@ -369,8 +388,7 @@ class Generator:
         return sequences, timings
 
     def _finish(self, ids: list[int], gc, interrupted: bool) -> Sequence:
-        eos = gc.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else ([] if eos is None else [eos]))
+        eos_ids = _eos_ids(gc)
         reason = "length"
         cut = len(ids)
         for k, token in enumerate(ids):
@@ -477,16 +495,24 @@ def _flag_error(exc: Exception) -> ConfigError:
     return ConfigError(f"{where}{first} (transformers)", hint="see `llmkit generate --help` for the decoding flags")
 
 
-class _EventStop:
-    """A StoppingCriteria that ends generation when an Event is set (Ctrl-C in chat)."""
+def _eos_ids(gc) -> set[int]:
+    eos = gc.eos_token_id
+    return set(eos if isinstance(eos, list) else ([] if eos is None else [eos]))
 
-    def __init__(self, event: threading.Event):
-        self.event = event
+
+class _EventStop:
+    """A StoppingCriteria that ends a prompt's rows when its Event is set (Ctrl-C in chat, a server's client gone);
+    one Event per prompt (None: never), each covering that prompt's num_return_sequences rows."""
+
+    def __init__(self, events: list[threading.Event | None]):
+        self.events = events
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        stopped = torch.tensor([e is not None and e.is_set() for e in self.events], dtype=torch.bool,
+                               device=input_ids.device)
+        return stopped.repeat_interleave(input_ids.shape[0] // len(self.events))
 
 
 class _Streamer:
@@ -543,6 +569,36 @@ class _Streamer:
         if self.emitted < len(final_text):
             self.on_text(final_text[self.emitted:])
             self.emitted = len(final_text)
+
+    def end(self) -> None:
+        pass
+
+
+class _RowStreamers:
+    """A generate() streamer for a batch: one _Streamer per prompt, fed its row's tokens until the row ends (a row
+    that is done goes on receiving padding)."""
+
+    def __init__(self, rows: list[_Streamer], eos_ids: set[int]):
+        self.rows = rows
+        self.eos_ids = eos_ids
+        self.done = [False] * len(rows)
+
+    @property
+    def first_token_at(self) -> float | None:
+        return self.rows[0].first_token_at   # every row gets its first token in the same step
+
+    def put(self, value) -> None:
+        for i, row in enumerate(self.rows):
+            if self.done[i]:
+                continue
+            new_token = row.prompt_seen   # generate() first passes the prompts
+            row.put(value[i])
+            self.done[i] = new_token and int(value[i].reshape(-1)[-1]) in self.eos_ids
+
+    def finish(self, final_texts: list[str]) -> None:
+        for row, text in zip(self.rows, final_texts):
+            if row.on_text is not None:
+                row.finish(text)
 
     def end(self) -> None:
         pass

@@ -24,7 +24,7 @@ import torch
 from llmkit.config import GenerateConfig
 from llmkit.data import tasks as taskdata
 from llmkit.errors import ConfigError
-from llmkit.inference.batch import BadLine, BatchOutput, job_settings, read_records, run_resumable
+from llmkit.inference.batch import BadLine, BatchOutput, job_settings, read_records, write_job
 from llmkit.inference.tasks import head_task
 from llmkit.ui import Reporter, SilentReporter
 
@@ -375,17 +375,19 @@ def _task_input_of(task: str):
 
 
 def run_task_batch(cfg: GenerateConfig, reporter: Reporter | None = None,
-                   task_model: TaskModel | None = None) -> TaskBatchResult:
+                   task_model: TaskModel | None = None) -> TaskBatchResult | None:
     """--input JSONL -> --output JSONL (resumable: lines already there are skipped), or, for feature-extraction,
     an `.npy` array with one row per input line (written whole). The output is guarded as every batch job's is
-    (batch.BatchOutput: never the input, never another job's, one writer at a time)."""
+    (batch.BatchOutput: never the input, never another job's, one writer at a time). Under a launcher the ranks
+    share a JSONL job (batch.write_job): RANK 0 returns its result, the other ranks None."""
     reporter = reporter or SilentReporter()
     tm = task_model or TaskModel(cfg, reporter)
     started = time.perf_counter()
     source, target = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
     records, error = read_records(source, _task_input_of(tm.task))
-    with BatchOutput(source, target, job_settings(cfg, task=tm.task), cfg.overwrite) as out:
-        if target.suffix == ".npy":
+    settings = job_settings(cfg, task=tm.task)
+    if target.suffix == ".npy":
+        with BatchOutput(source, target, settings, cfg.overwrite) as out:
             if error is not None:
                 raise error
             vectors = []
@@ -395,15 +397,19 @@ def run_task_batch(cfg: GenerateConfig, reporter: Reporter | None = None,
                     vectors.append(tm.embed([r.row["text"] for r in chunk]))
                     advance(len(chunk))
             out.write_array(np.concatenate(vectors).astype(np.float32) if vectors else np.zeros((0, 0), np.float32))
-            written, skipped = len(records), 0
-        else:
-            def rows_of(chunk: list[_TaskInput]) -> list[dict]:
-                results = _batch_results(tm, [r.row for r in chunk])
-                return [{"line": r.line, **result} for r, result in zip(chunk, results)]
+        written, skipped = len(records), 0
+    else:
+        def rows_of(chunk: list[_TaskInput]) -> list[dict]:
+            results = _batch_results(tm, [r.row for r in chunk])
+            return [{"line": r.line, **result} for r, result in zip(chunk, results)]
 
-            written, skipped = run_resumable(records, out, cfg.batch_size, reporter, tm.task, rows_of)
-            if error is not None:
-                raise error
+        job = write_job(source, target, settings, cfg.overwrite, records, cfg.batch_size, reporter, tm.task, rows_of,
+                        {})
+        if job is None:
+            return None
+        if error is not None:
+            raise error
+        written, skipped = job.written, job.skipped
     seconds = time.perf_counter() - started
     return TaskBatchResult(input=str(source), output=str(target), task=tm.task, lines=len(records),
                            written=written, skipped=skipped, seconds=round(seconds, 3),

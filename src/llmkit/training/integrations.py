@@ -1,5 +1,6 @@
-"""The Trainer integrations llmkit passes through: DeepSpeed (--deepspeed) and TensorBoard (--report-to), plus the
-memory-estimate forecast printed before training.
+"""The Trainer integrations llmkit passes through: DeepSpeed (--deepspeed) and the trackers of --report-to
+(TensorBoard here; W&B and MLflow in llmkit.training.tracking), plus the memory-estimate forecast printed before
+training.
 
 The checks here run before any work (no model, no data, no run directory) and stay light: no torch import.
 
@@ -13,12 +14,15 @@ port, unless set). Anything a launcher set is left alone.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import importlib.util
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from llmkit.config import report_targets
 from llmkit.errors import ConfigError
 from llmkit.runtime import free_port
 
@@ -106,32 +110,47 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK") or 0) == 0
 
 
-# ------------------------------------------------------------------------------------------------- TensorBoard
+# -------------------------------------------------------------------------------------------- --report-to
 
 def check_report_to(report_to: str) -> None:
-    """--report-to tensorboard needs a SummaryWriter: tensorboard (torch.utils.tensorboard) or tensorboardX."""
-    if report_to != "tensorboard":
-        return
-    if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
-        raise ConfigError("--report-to tensorboard needs the tensorboard package, which is not installed",
-                          hint="pip install tensorboard (or tensorboardX), or use --report-to none; the same "
-                               "numbers are in metrics.jsonl")
+    """Every tracker --report-to names must be importable: tensorboard needs a SummaryWriter (tensorboard, which
+    torch.utils.tensorboard uses, or tensorboardX); wandb and mlflow their packages."""
+    for target in report_targets(report_to):
+        if target == "tensorboard":
+            if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+                raise ConfigError("--report-to tensorboard needs the tensorboard package, which is not installed",
+                                  hint="pip install tensorboard (or tensorboardX), or use --report-to none; the "
+                                       "same numbers are in metrics.jsonl")
+            continue
+        try:
+            importlib.import_module(target)   # not find_spec: a package that is present but fails to import counts
+        except ImportError:
+            raise ConfigError(f"--report-to {target} needs the {target} package, which is not installed",
+                              hint="pip install 'llmkit[tracking]', or use --report-to none; the same numbers are in "
+                                   "metrics.jsonl") from None
+
+
+@contextlib.contextmanager
+def environment_variable(name: str, value: str):
+    """NAME=VALUE while the block runs, then as before: a library setting read once, not left for the process."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def tensorboard_callback(run_dir: Path):
     """transformers' TensorBoardCallback writing its event files to RUN_DIR/tensorboard (not under checkpoints/)."""
     from transformers.integrations import TensorBoardCallback
 
-    log_dir = run_dir / TENSORBOARD_DIR
-    before = os.environ.get("TENSORBOARD_LOGGING_DIR")
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(log_dir)   # the callback's documented way to choose the dir
-    try:
+    # the callback's documented way to choose the dir
+    with environment_variable("TENSORBOARD_LOGGING_DIR", str(run_dir / TENSORBOARD_DIR)):
         return TensorBoardCallback()
-    finally:
-        if before is None:
-            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
-        else:
-            os.environ["TENSORBOARD_LOGGING_DIR"] = before
 
 
 # ----------------------------------------------------------------------------------------------- memory estimate

@@ -85,7 +85,7 @@ def load_model_and_tokenizer(cfg, quantization_config=None, dtype: str = "fp32")
     """(model, tokenizer, source) for --from-scratch presets/config.json files and for pretrained dirs/ids;
     `quantization_config` (QLoRA) loads the pretrained base through bitsandbytes, `dtype` is what its weights are
     stored in (fp32 unless a frozen adapter base is loaded in bf16)."""
-    from llmkit.modeling import load_model
+    from llmkit.modeling import attention_option, load_model
 
     tokenizer, scratch, fields = load_source_tokenizer(cfg)
     if scratch:
@@ -103,7 +103,8 @@ def load_model_and_tokenizer(cfg, quantization_config=None, dtype: str = "fp32")
         check_objective(cfg.objective, config.model_type, bool(getattr(config, "is_encoder_decoder", False)),
                         cfg.model)
     model = load_model(cfg.model, cfg.model_task, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
-                       quantization_config=quantization_config, device=load_device(quantization_config))
+                       quantization_config=quantization_config, device=load_device(quantization_config),
+                       **attention_option(cfg.attention))
     return model, tokenizer, None
 
 
@@ -115,4 +116,5 @@ def build_scratch_model(cfg, fields: dict, tokenizer):
     if fields.get("is_encoder_decoder"):
         specials["decoder_start_token_id"] = tokenizer.pad_token_id
     specials = {k: v for k, v in specials.items() if v is not None}
-    return build_model(fields, cfg.model_task, vocab_size=len(tokenizer), overrides=specials, seed=cfg.seed)
+    return build_model(fields, cfg.model_task, vocab_size=len(tokenizer), overrides=specials, seed=cfg.seed,
+                       attention=cfg.attention)

@@ -112,7 +112,13 @@ def continuation_table(tokenizer) -> torch.Tensor:
 
 class MaskedLMCollator(BatchCollator):
     """BERT masking: choose `mlm_probability` of the tokens (or of the words), replace `mask_replace_prob` of them
-    with the mask token and `random_replace_prob` with a random token, leave the rest; loss only on the chosen."""
+    with the mask token and `random_replace_prob` with a random token, leave the rest; loss only on the chosen.
+
+    Token masking is transformers' DataCollatorForLanguageModeling.torch_mask_tokens, called once per row with a
+    generator seeded from the row (row_generators), so that a row's mask does not depend on the rows drawn before
+    it and a resumed run masks as the uninterrupted one did (the collator's own generator is one stream for the
+    whole run). Whole-word masking stays llmkit's: transformers' needs each row's offset mapping, which mapped token
+    rows do not keep, and it forces mask_replace_prob to 1 (no 80/10/10)."""
 
     def __init__(self, tokenizer, mlm_probability=0.15, mask_replace_prob=0.8, random_replace_prob=0.1,
                  whole_word_masking=False, seed: int = 0):
@@ -127,26 +133,43 @@ class MaskedLMCollator(BatchCollator):
         self.p, self.p_mask, self.p_random = mlm_probability, mask_replace_prob, random_replace_prob
         self.continuation = continuation_table(tokenizer) if whole_word_masking else None
         self.seed = seed
+        self.token_masking = None
+        if not whole_word_masking:
+            from transformers import DataCollatorForLanguageModeling
+
+            self.token_masking = DataCollatorForLanguageModeling(
+                tokenizer, mlm_probability=mlm_probability, mask_replace_prob=mask_replace_prob,
+                random_replace_prob=random_replace_prob, return_tensors="pt")
 
     def __call__(self, features: list[dict]) -> dict:
         ids = [list(f["input_ids"]) for f in features]
-        input_ids = self._pad(ids, self.pad_id)
         attention_mask = self._pad([[1] * len(s) for s in ids], 0)
         n_tokens = int(attention_mask.sum())
+        if self.token_masking is not None:
+            rows, labels = [], []
+            for s, rng in zip(ids, row_generators(features, self.seed)):
+                row = torch.tensor([s], dtype=torch.long)
+                self.token_masking.generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
+                masked, chosen = self.token_masking.torch_mask_tokens(
+                    row, special_tokens_mask=torch.isin(row, self.special))
+                rows.append(masked[0].tolist())
+                labels.append(chosen[0].tolist())
+            return {"input_ids": self._pad(rows, self.pad_id), "attention_mask": attention_mask,
+                    "labels": self._pad(labels, -100), NUM_TOKENS: n_tokens}
+        input_ids = self._pad(ids, self.pad_id)
         eligible = (attention_mask == 1) & ~torch.isin(input_ids, self.special)
-        # per row: which tokens are chosen, what each chosen one becomes, the random replacements (pads: never chosen)
+        # per row: which words are chosen, what each chosen token becomes, the random replacements
         draw, how = np.ones(input_ids.shape), np.ones(input_ids.shape)
         random_ids = np.zeros(input_ids.shape, dtype=np.int64)
         for row, (s, rng) in enumerate(zip(ids, row_generators(features, self.seed))):
             draw[row, :len(s)], how[row, :len(s)] = rng.random(len(s)), rng.random(len(s))
             random_ids[row, :len(s)] = rng.integers(self.vocab_size, size=len(s))
         draw, how, random_ids = torch.from_numpy(draw), torch.from_numpy(how), torch.from_numpy(random_ids)
-        if self.continuation is not None:
-            # every token takes the draw of the first token of its word
-            starts = ~self.continuation[input_ids]
-            positions = torch.arange(input_ids.shape[1]).expand_as(input_ids)
-            word_start = torch.cummax(torch.where(starts, positions, torch.zeros_like(positions)), dim=1).values
-            draw = draw.gather(1, word_start)
+        # every token takes the draw of the first token of its word
+        starts = ~self.continuation[input_ids]
+        positions = torch.arange(input_ids.shape[1]).expand_as(input_ids)
+        word_start = torch.cummax(torch.where(starts, positions, torch.zeros_like(positions)), dim=1).values
+        draw = draw.gather(1, word_start)
         chosen = eligible & (draw < self.p)
         labels = input_ids.masked_fill(~chosen, -100)
         to_mask = chosen & (how < self.p_mask)

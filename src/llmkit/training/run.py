@@ -29,11 +29,12 @@ from typing import Any, Callable, Protocol, TypeVar
 import torch
 import transformers
 
-from llmkit.configio import dump_yaml
+from llmkit.configio import dump_yaml, to_dict
 from llmkit.errors import ConfigError, LlmkitError
 from llmkit.training import integrations, models, rundir
 from llmkit.training import trainer as t
 from llmkit.training.packing import check_packing_support
+from llmkit.training.tracking import TrackedRuns
 from llmkit.ui import Reporter, SilentReporter, format_bytes
 
 
@@ -225,12 +226,21 @@ class Run:
 
     def train(self, trainer, collator, tokenizer, *, eval_before: bool = True, callbacks: list | tuple = (),
               before_save: Callable | None = None) -> t.TrainOutcome:
-        """Train (progress, metrics.jsonl, Ctrl-C/SIGTERM checkpoints) and save the final model; `callbacks` are the
-        recipe's, ahead of the caller's."""
-        return t.train_and_save(trainer, run=self.dir, collator=collator, tokenizer=tokenizer, reporter=self.reporter,
-                                metrics_file=self.metrics_file, resume_from=self.resume_from,
-                                report_to=self.cfg.report_to, eval_before=eval_before,
-                                callbacks=[*callbacks, *self.callbacks], before_save=before_save)
+        """Train (progress, metrics.jsonl, Ctrl-C/SIGTERM checkpoints, the W&B/MLflow runs of --report-to) and save
+        the final model; `callbacks` are the recipe's, ahead of the caller's."""
+        tracked = TrackedRuns.start(self.cfg.report_to, self.dir, self.metrics_file, to_dict(self.record_config),
+                                    self.reporter.info)
+        try:
+            outcome = t.train_and_save(trainer, run=self.dir, collator=collator, tokenizer=tokenizer,
+                                       reporter=self.reporter, metrics_file=self.metrics_file,
+                                       resume_from=self.resume_from, report_to=self.cfg.report_to,
+                                       eval_before=eval_before, callbacks=[*callbacks, *self.callbacks, tracked],
+                                       before_save=before_save)
+        except BaseException:
+            tracked.finish("failed")
+            raise
+        tracked.finish(outcome.status)
+        return outcome
 
     def eval_sources(self) -> dict[str, str]:
         """--eval-data's sources by their metric names (eval_<name>_loss), each evaluated on its own."""

@@ -238,7 +238,8 @@ def run_sft(cfg: SFTConfig, reporter: Reporter | None = None, callbacks: list | 
             adapt_model: ModelAdapter | None = None) -> SFTResult | TaskResult:
     """Train; `callbacks` are extra TrainerCallbacks (tests use one to interrupt at a known step); `adapt_model`
     (llmkit peft) loads the base its way and wraps it with an adapter before anything trains.
-    --task seq-cls|token-cls|extractive-qa trains a task head instead (llmkit.training.tasks.run_task)."""
+    --task seq-cls|token-cls|extractive-qa|seq2seq trains a task head or an encoder-decoder instead
+    (llmkit.training.tasks.run_task)."""
     if cfg.task != "chat":
         return run_task(cfg, reporter=reporter, callbacks=callbacks, adapt_model=adapt_model)
     with Run(cfg, "llmkit sft", reporter, callbacks, adapt_model) as run:

@@ -1,10 +1,12 @@
-"""`llmkit sft --task seq-cls|token-cls|extractive-qa`: classification, NER and extractive QA heads, trained with
+"""`llmkit sft --task seq-cls|token-cls|extractive-qa|seq2seq`: classification, NER and extractive QA heads, and
+source -> target fine-tuning of an encoder-decoder (llmkit.training.seq2seq), trained with
 the shared training core (run dir, memory levers, checkpoints, Ctrl-C, the final save through
 `trainer.model.save_pretrained`, so a PEFT-wrapped model saves its adapter).
 
 Evaluation runs before training, every --eval-steps, and after training; its rows in metrics.jsonl carry the loss
 and the task's metrics: accuracy and macro-F1 (seq-cls; MSE and MAE for a regression), entity-level precision,
-recall and F1 plus token accuracy (token-cls), exact match and F1 in % (extractive-qa).
+recall and F1 plus token accuracy (token-cls), exact match and F1 in % (extractive-qa), ROUGE, BLEU and chrF of
+the generated targets (seq2seq).
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import torch
 
 from llmkit.config import SFTConfig
 from llmkit.data import tasks as taskdata
-from llmkit.training import rundir
+from llmkit.training import rundir, seq2seq
 from llmkit.training.data import RowDataset, split_eval
 from llmkit.training.models import load_device, load_source_tokenizer, scratch_fields
-from llmkit.training.objectives import NUM_TOKENS, BatchCollator
+from llmkit.training.objectives import NUM_TOKENS, BatchCollator, make_loss
 from llmkit.training.run import ModelAdapter, Run, RunResult
 from llmkit.training.trainer import LlmkitTrainer
 from llmkit.ui import Reporter
@@ -170,7 +172,7 @@ def _build_or_load(cfg: SFTConfig, tokenizer, scratch: bool, fields: dict | None
                    space: taskdata.LabelSpace | None, quantization_config=None, dtype: str | None = "fp32"):
     """The model with its head: num_labels, id2label/label2id (or problem_type regression) and pad_token_id set.
     `quantization_config`/`dtype` are `llmkit peft`'s load options (QLoRA; a frozen base kept in bf16)."""
-    from llmkit.modeling import build_model, load_model
+    from llmkit.modeling import attention_option, build_model, load_model
 
     head: dict = {}
     if space is not None:
@@ -184,9 +186,13 @@ def _build_or_load(cfg: SFTConfig, tokenizer, scratch: bool, fields: dict | None
     if scratch:
         fields = {k: v for k, v in scratch_fields(cfg, fields).items()
                   if k not in ("id2label", "label2id", "num_labels")}
-        return build_model(fields, cfg.task, vocab_size=len(tokenizer), overrides=head, seed=cfg.seed)
+        if fields.get("is_encoder_decoder"):   # the decoder starts from pad, as T5's does
+            head["decoder_start_token_id"] = tokenizer.pad_token_id
+        return build_model(fields, cfg.task, vocab_size=len(tokenizer), overrides=head, seed=cfg.seed,
+                           attention=cfg.attention)
     return load_model(cfg.model, cfg.task, dtype=dtype or "fp32", trust_remote_code=cfg.trust_remote_code,
                       quantization_config=quantization_config, device=load_device(quantization_config),
+                      **attention_option(cfg.attention),
                       ignore_mismatched_sizes=True, **head)
 
 
@@ -204,6 +210,8 @@ def run_task(cfg: SFTConfig, reporter: Reporter | None = None, callbacks: list |
 def _encode(cfg: SFTConfig, records: list[dict], tokenizer, space, source: str, eval_set: bool):
     if cfg.task == "seq-cls":
         return taskdata.encode_seq_cls(records, cfg, tokenizer, space, source, eval_set)
+    if cfg.task == "seq2seq":
+        return taskdata.encode_seq2seq(taskdata.read_pairs(records, cfg, source), cfg, tokenizer, source)
     if cfg.task == "token-cls":
         return taskdata.encode_token_cls(taskdata.read_token_examples(records, cfg, source), cfg, tokenizer, space,
                                          source, eval_set)
@@ -221,6 +229,8 @@ def train_task(run: Run) -> TaskResult:
     adapted; then the run directory, an evaluation before training, training, the record."""
     cfg = run.cfg
     tokenizer, scratch, fields = load_source_tokenizer(cfg)
+    if cfg.task == "seq2seq":
+        seq2seq.check_encoder_decoder(cfg, scratch_fields(cfg, fields) if scratch else None)
 
     records = taskdata.read_records(cfg.data, cfg.data_revision, cfg.seed)
     eval_records, eval_source = None, cfg.eval_data
@@ -240,6 +250,10 @@ def train_task(run: Run) -> TaskResult:
     if eval_records:
         evaluation = _encode(cfg, eval_records, tokenizer, space, eval_source, True)
         run.warnings.extend(evaluation.warnings)
+        if cfg.task == "seq2seq":
+            from llmkit import text_metrics
+
+            text_metrics.require(seq2seq.METRICS)
 
     model = _build_or_load(cfg, tokenizer, scratch, fields, space, **run.load_options)
     run.check_model(model)
@@ -247,7 +261,8 @@ def train_task(run: Run) -> TaskResult:
     metrics_file = run.start()   # every input problem has been reported: only now touch the run directory
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    collator = TaskCollator(pad, regression=bool(space and space.regression))
+    collator = seq2seq.PairCollator(tokenizer, model) if cfg.task == "seq2seq" else \
+        TaskCollator(pad, regression=bool(space and space.regression))
     train_set = RowDataset(train.rows)
     eval_set = RowDataset(evaluation.rows) if evaluation else None
     args = run.training_arguments(has_eval=eval_set is not None)
@@ -264,12 +279,18 @@ def train_task(run: Run) -> TaskResult:
 
     def task_eval() -> dict:
         trainer = holder["trainer"]
+        if cfg.task == "seq2seq":
+            return seq2seq.evaluate_seq2seq(trainer.model, evaluation.rows, evaluation.targets, collator,
+                                            cfg.batch_size, trainer.args.device, tokenizer,
+                                            seq2seq.generation_settings(cfg))
         return evaluate_task(trainer.model, evaluation.rows, collator, cfg.batch_size, trainer.args.device,
                              cfg.task, space, evaluation.qa, cfg.max_answer_length)
 
     trainer = TaskTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                           data_collator=collator, processing_class=tokenizer, task_eval=task_eval,
-                          metrics_file=metrics_file, reporter=run.reporter)
+                          metrics_file=metrics_file, reporter=run.reporter,
+                          # the exact per-target-token loss over a whole gradient-accumulation window
+                          compute_loss_func=make_loss("seq2seq") if cfg.task == "seq2seq" else None)
     holder["trainer"] = trainer
     initial_metrics: dict = {}
     if eval_set is not None and run.resume_from is None:
@@ -279,12 +300,14 @@ def train_task(run: Run) -> TaskResult:
         run.reporter.info("before training: " + "  ".join(f"{k} {v:.4f}" for k, v in initial_metrics.items()))
     final: dict = {}
 
-    def keep_final(trainer) -> None:
+    def before_save(trainer) -> None:
         rows = [r for r in rundir.read_metrics(metrics_file) if "eval_loss" in r]
         if rows and eval_set is not None:
             final.update({k[5:]: v for k, v in rows[-1].items() if k.startswith("eval_")})
+        if cfg.task == "seq2seq":   # `llmkit generate` decodes the model as its evaluation did
+            trainer.model.generation_config.update(**seq2seq.generation_settings(cfg))
 
-    outcome = run.train(trainer, collator, tokenizer, eval_before=False, before_save=keep_final)
+    outcome = run.train(trainer, collator, tokenizer, eval_before=False, before_save=before_save)
     labels = [] if space is None else space.names
     return run.finish(
         TaskResult, trainer, outcome,

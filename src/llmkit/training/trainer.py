@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from llmkit.config import report_targets
 from llmkit.errors import ConfigError
 from llmkit.memory import HF_OPTIMIZER_ARGS, HF_OPTIMIZERS
 from llmkit.training import rundir
@@ -29,6 +30,15 @@ def check_training_environment(cfg) -> None:
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("--mixed-precision fp16 needs a GPU (fp16 autocast has no CPU gradient scaler)",
                           hint="on CPU use --mixed-precision bf16 (slow without native bf16) or no")
+    if cfg.attention == "flash":
+        import importlib.util
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--attention flash needs a CUDA GPU (flash-attention has no CPU kernels)",
+                              hint="on CPU use --attention sdpa (the default where the model has it) or eager")
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError("--attention flash needs the flash-attn package, which is not installed",
+                              hint="pip install flash-attn --no-build-isolation, or use --attention sdpa")
     if cfg.optimizer in ("adamw-8bit", "paged-adamw-8bit"):
         try:
             import bitsandbytes  # noqa: F401
@@ -74,7 +84,7 @@ def training_arguments(cfg, checkpoints_dir: Path, has_eval: bool) -> TrainingAr
         logging_first_step=True,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        report_to=[],   # --report-to tensorboard: the run adds its own callback, writing to RUN/tensorboard
+        report_to=[],   # --report-to: the run adds its own trackers (TensorBoard in RUN/tensorboard, W&B, MLflow)
         deepspeed=deepspeed,
         use_cpu=not cuda,
         disable_tqdm=True,
@@ -189,12 +199,45 @@ class NonFiniteLoss(Exception):
         self.step, self.loss = step, loss
 
 
+class PermutationSampler(torch.utils.data.Sampler):
+    """The order of accelerate's SeedableRandomSampler (what the Trainer's RandomSampler becomes: torch.randperm
+    seeded with seed + epoch) without its Python list of every row index, ~36 bytes a row from RandomSampler's
+    `.tolist()`: the permutation stays an int64 tensor, handed out a slice at a time. Not a RandomSampler, so
+    accelerate keeps it as it is."""
+
+    SLICE = 65_536
+
+    def __init__(self, rows: int, seed: int):
+        self.rows, self.seed, self.epoch = rows, seed, 0
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        permutation = torch.randperm(self.rows, generator=generator)
+        for start in range(0, self.rows, self.SLICE):
+            yield from permutation[start:start + self.SLICE].tolist()
+        self.epoch += 1   # as SeedableRandomSampler: the next pass, if nothing sets the epoch, is the next epoch
+
+
 class LlmkitTrainer(Trainer):
     """transformers' Trainer with an exact per-token evaluation (loss summed over all eval tokens, then divided)."""
 
     def __init__(self, *args, objective: str = "causal-lm", **kwargs):
         super().__init__(*args, **kwargs)
         self.shift = SHIFTED[objective]
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler) is torch.utils.data.RandomSampler and self.accelerator.dataloader_config.use_seedable_sampler:
+            seed = self.args.data_seed if self.args.data_seed is not None else torch.random.initial_seed()
+            return PermutationSampler(len(sampler.data_source), seed)
+        return sampler
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """The micro-batches of one optimizer step and the number of loss targets in all of them (every rank's,
@@ -354,7 +397,7 @@ def train_and_save(trainer: "LlmkitTrainer", *, run: Path, collator, tokenizer, 
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    if report_to == "tensorboard":
+    if "tensorboard" in report_targets(report_to):
         trainer.add_callback(integrations.tensorboard_callback(run))
     has_eval = trainer.eval_dataset is not None
     initial, initial_metrics = None, {}
